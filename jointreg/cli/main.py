@@ -1,0 +1,88 @@
+"""The ``jointreg`` console script."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import pkgutil
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from jointreg import __version__
+from jointreg.errors import JointregError
+
+_DESCRIPTION = (
+    "jointreg trains medical image segmenters from a few labelled slices by joint multiscale "
+    "registration (FMIRNet) and segmentation."
+)
+_EPILOG = "Run 'jointreg COMMAND --help' for the options of one command. Docs: README.md."
+
+
+def _command_modules() -> list[ModuleType]:
+    import jointreg.cli as package
+
+    modules = []
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name.startswith("_") or info.name == "main":
+            continue
+        module = importlib.import_module(f"jointreg.cli.{info.name}")
+        if hasattr(module, "NAME"):
+            modules.append(module)
+    return sorted(modules, key=lambda m: (getattr(m, "ORDER", 100), m.NAME))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jointreg",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"jointreg {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for module in _command_modules():
+        doc = (module.__doc__ or module.HELP).strip()
+        child = sub.add_parser(
+            module.NAME,
+            help=module.HELP,
+            description=doc,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(child)
+        child.set_defaults(_run=module.run)
+    return parser
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    _configure_logging(args.verbose)
+    try:
+        code = args._run(args)
+    except JointregError as exc:
+        print(f"jointreg {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"jointreg {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # Output piped into a closed reader (e.g. `| head`); not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return int(code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
