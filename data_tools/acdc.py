@@ -1,0 +1,268 @@
+"""Convert the ACDC cardiac MR challenge (official layout) into a dataset.
+
+Expected layout (the official download; --input may point at database/, at the folder holding
+training/ and testing/, or at a folder of patient folders):
+
+  training/patient001/Info.cfg                   ED: 1, ES: 12, Group: DCM, Height, NbFrame, Weight
+  training/patient001/patient001_frame01.nii.gz  end-diastolic frame
+  training/patient001/patient001_frame01_gt.nii.gz
+  training/patient001/patient001_frame12.nii.gz  end-systolic frame (+ _gt)
+  training/patient001/patient001_4d.nii.gz       whole cine series: ignored
+  testing/patient101/...
+
+The ED and ES frames of every patient become cases patientXXX_ED and patientXXX_ES, with labels
+0 background, 1 rv (right-ventricle cavity), 2 myocardium, 3 lv (left-ventricle cavity); modality
+MR. training/ goes to imagesTr/labelsTr and testing/ to imagesTs/labelsTs (--split chooses which
+to convert); a plain folder of patients goes to imagesTr. --test-cases/--test-fraction move
+training cases to the test split (both frames of a patient move together when given by patient).
+Info.cfg values (group, height, weight, frames) are kept in dataset.json under "conversion".
+
+Example:
+  jointreg prepare acdc --input ~/data/ACDC/database --out data/acdc
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_tools import _common
+
+SOURCE = "acdc"
+HELP = "ACDC cardiac cine MR, official layout (ED/ES frames with ground truth)"
+
+ACDC_LABELS = {"background": 0, "rv": 1, "myocardium": 2, "lv": 3}
+SPLIT_FOLDERS = {"training": "Tr", "testing": "Ts"}
+_PATIENT = re.compile(r"^patient\d+$")
+
+
+@dataclass(frozen=True)
+class PatientInfo:
+    """The content of one ``Info.cfg``.
+
+    Attributes:
+        ed: end-diastolic frame number (1-based, as in the file names).
+        es: end-systolic frame number.
+        group: pathology group (NOR, MINF, DCM, HCM, RV), "" when absent.
+        height_cm, weight_kg: ``None`` when absent.
+        num_frames: frames in the cine series, ``None`` when absent.
+    """
+
+    ed: int
+    es: int
+    group: str = ""
+    height_cm: float | None = None
+    weight_kg: float | None = None
+    num_frames: int | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "ed_frame": self.ed, "es_frame": self.es, "group": self.group,
+            "height_cm": self.height_cm, "weight_kg": self.weight_kg, "num_frames": self.num_frames,
+        }
+
+
+def read_info(path: str | Path) -> PatientInfo:
+    """Parse an ACDC ``Info.cfg`` (``Key: value`` lines).
+
+    Raises:
+        InputError: missing file, a line that is not ``Key: value``, ED/ES missing or not
+            positive integers, ED equal to ES, a frame beyond NbFrame, non-numeric
+            Height/Weight/NbFrame.
+    """
+    from jointreg.errors import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found (every ACDC patient folder has an Info.cfg)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"cannot read ({exc})") from None
+    fields: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        key, sep, value = line.partition(":")
+        if not sep or not key.strip():
+            raise InputError(path, f"line {number} is not 'Key: value': {line.strip()!r}")
+        fields[key.strip()] = value.strip()
+
+    def integer(key: str, required: bool) -> int | None:
+        if key not in fields:
+            if required:
+                raise InputError(path, f"has no '{key}:' line")
+            return None
+        value = fields[key]
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not number.is_integer():
+            raise InputError(path, f"'{key}: {value}' is not a whole number")
+        number = int(number)
+        if number < 1:
+            raise InputError(path, f"'{key}: {value}' must be at least 1")
+        return number
+
+    def real(key: str) -> float | None:
+        if key not in fields:
+            return None
+        try:
+            return float(fields[key])
+        except ValueError:
+            raise InputError(path, f"'{key}: {fields[key]}' is not a number") from None
+
+    ed, es = integer("ED", True), integer("ES", True)
+    frames = integer("NbFrame", False)
+    if ed == es:
+        raise InputError(path, f"ED and ES are the same frame ({ed})")
+    if frames is not None and max(ed, es) > frames:
+        raise InputError(path, f"ED {ed} / ES {es} beyond NbFrame {frames}")
+    return PatientInfo(ed, es, fields.get("Group", ""), real("Height"), real("Weight"), frames)
+
+
+def find_patients(root: str | Path, split: str = "all") -> dict[Path, str]:
+    """Patient folders to convert, each with its split (``"Tr"`` or ``"Ts"``).
+
+    Args:
+        root: ``database/``, its parent, the folder holding ``training/``/``testing/``, or a
+            folder of ``patientXXX`` folders.
+        split: ``"all"``, ``"training"`` or ``"testing"``.
+
+    Raises:
+        InputError: no patient folders where expected.
+    """
+    from jointreg.errors import ConfigError, InputError
+
+    if split not in ("all", *SPLIT_FOLDERS):
+        raise ConfigError(f"--split must be all, training or testing, got {split!r}")
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(root, "folder not found")
+    if (root / "database").is_dir() and not any((root / f).is_dir() for f in SPLIT_FOLDERS):
+        root = root / "database"
+    official = [f for f in SPLIT_FOLDERS if (root / f).is_dir()]
+    found: dict[Path, str] = {}
+    if official:
+        wanted = official if split == "all" else [split]
+        for folder in wanted:
+            if not (root / folder).is_dir():
+                raise InputError(root / folder, "folder not found (asked for by --split)")
+            patients = _patient_dirs(root / folder)
+            if not patients:
+                raise InputError(root / folder, "holds no patientXXX folders")
+            found.update({p: SPLIT_FOLDERS[folder] for p in patients})
+    else:
+        if split != "all":
+            raise InputError(root, f"has no {split}/ folder (asked for by --split)")
+        patients = _patient_dirs(root)
+        if not patients:
+            raise InputError(root, "holds no ACDC patientXXX folders and no training/ or testing/ folder")
+        found = {p: "Tr" for p in patients}
+    return found
+
+
+def _patient_dirs(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.is_dir() and _PATIENT.match(p.name)), key=lambda p: _common.natural_key(p.name))
+
+
+def _frame_file(patient: Path, frame: int, gt: bool) -> Path:
+    stem = f"{patient.name}_frame{frame:02d}{'_gt' if gt else ''}"
+    for suffix in (".nii.gz", ".nii"):
+        if (patient / f"{stem}{suffix}").exists():
+            return patient / f"{stem}{suffix}"
+    return patient / f"{stem}.nii.gz"
+
+
+def convert_acdc(
+    input_dir: str | Path,
+    out: str | Path,
+    *,
+    split: str = "all",
+    test_cases: Sequence[str] = (),
+    test_fraction: float = 0.0,
+    seed: int = 0,
+    name: str = "",
+    tolerance: float = 1e-3,
+    overwrite: bool = False,
+) -> Path:
+    """Convert ACDC's ED and ES frames with their ground truth into a dataset.
+
+    Args:
+        input_dir: see :func:`find_patients`.
+        out: dataset folder to create.
+        split: which official folders to convert (``all``, ``training``, ``testing``).
+        test_cases: patients (``patient007``) or cases (``patient007_ED``) moved from the
+            training to the test split.
+        test_fraction: or a random fraction of the training patients, drawn with ``seed``.
+        name: dataset name (default: the folder name).
+        tolerance: largest affine difference (mm) accepted between a frame and its ground truth.
+        overwrite: replace an existing ``out``.
+
+    Returns:
+        The dataset folder.
+
+    Raises:
+        InputError: a missing or malformed Info.cfg, a missing frame or ground truth, a ground
+            truth that does not fit its frame or holds values other than 0-3, unreadable files.
+    """
+    from tqdm import tqdm
+
+    from jointreg.data.nifti import read_image, read_label, same_geometry
+    from jointreg.errors import ConfigError, InputError
+
+    out = Path(out)
+    patients = find_patients(input_dir, split)
+    _common.check_new_output(out, overwrite=overwrite, inputs=[input_dir])
+    infos = {p: read_info(p / "Info.cfg") for p in patients}
+
+    # Splits are drawn per patient so that a patient's ED and ES frames never straddle them.
+    training = [p.name for p, s in patients.items() if s == "Tr"]
+    by_case = {f"{pid}_{phase}": pid for pid in training for phase in ("ED", "ES")}
+    wanted = [by_case.get(c, c) for c in test_cases]
+    unknown = [c for c in wanted if c not in training]
+    if unknown:
+        raise ConfigError(f"--test-cases: '{unknown[0]}' is not a training patient or case")
+    moved = _common.split_cases(training, test_cases=wanted, test_fraction=test_fraction, seed=seed) if training else {}
+    extra = {"conversion": {"source": SOURCE, "patients": {p.name: infos[p].to_json() for p in patients}}}
+    with _common.dataset_output(out, modality="MR", name=name, labels=ACDC_LABELS, extra=extra, overwrite=overwrite) as ds:
+        for patient, official in tqdm(list(patients.items()), desc="acdc", unit="patient", disable=None):
+            target = moved.get(patient.name, official)
+            for phase, frame in (("ED", infos[patient].ed), ("ES", infos[patient].es)):
+                image_path, label_path = _frame_file(patient, frame, False), _frame_file(patient, frame, True)
+                if not image_path.exists():
+                    raise InputError(image_path, f"{phase} frame {frame} (from Info.cfg) not found")
+                if not label_path.exists():
+                    raise InputError(label_path, f"ground truth of the {phase} frame {frame} not found")
+                image, label = read_image(image_path), read_label(label_path)
+                problem = same_geometry(image, label, atol=tolerance)
+                if problem:
+                    raise InputError(label_path, f"does not fit its frame {image_path.name}: {problem}")
+                ds.add(f"{patient.name}_{phase}", image.array, reference=image, label=label.array, split=target, label_source=label_path)
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", required=True, type=Path, metavar="DIR", help="ACDC database/ (or training/testing parent, or patients folder)")
+    parser.add_argument("--split", choices=("all", "training", "testing"), default="all", help="official folders to convert (default all)")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="dataset folder to create")
+    parser.add_argument("--name", default="", help="dataset name for dataset.json (default: the folder name)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--test-cases", nargs="+", default=[], metavar="ID", help="training patients (or cases) moved to imagesTs/labelsTs")
+    group.add_argument("--test-fraction", type=float, default=0.0, metavar="F", help="random fraction of training patients for the test split")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --test-fraction's draw (default 0)")
+    parser.add_argument("--tolerance", type=float, default=1e-3, metavar="MM", help="largest frame/ground-truth affine difference (default 0.001 mm)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = convert_acdc(
+        args.input, args.out, split=args.split, test_cases=args.test_cases, test_fraction=args.test_fraction,
+        seed=args.seed, name=args.name, tolerance=args.tolerance, overwrite=args.overwrite,
+    )
+    print(_common.describe(out))
+    return 0
