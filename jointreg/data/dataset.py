@@ -98,13 +98,14 @@ class DatasetSpec:
 
     # --- (de)serialisation -------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = dict(self.extra)
+        data: dict[str, Any] = {}
         if self.name:
             data["name"] = self.name
         data["channel_names"] = dict(self.channel_names)
         data["labels"] = {n: int(v) for n, v in self.labels.items()}
         data["numTraining"] = int(self.num_training)
         data["file_ending"] = self.file_ending
+        data.update({k: v for k, v in self.extra.items() if k not in data})
         return data
 
     @classmethod
