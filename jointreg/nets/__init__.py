@@ -1,0 +1,1 @@
+"""Neural networks: dimension-agnostic blocks, registration nets, segmentation nets."""
