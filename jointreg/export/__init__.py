@@ -1,0 +1,1 @@
+"""Model folders (native format: JSON config + safetensors) and TorchScript / ONNX export."""

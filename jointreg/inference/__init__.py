@@ -1,0 +1,1 @@
+"""Inference: segment volumes, register pairs, generate pseudo-labels in bulk."""

@@ -1,0 +1,1 @@
+"""Training: typed recipes, registration and segmentation steps, the alternating loop, runs."""

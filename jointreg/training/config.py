@@ -1,0 +1,313 @@
+"""Recipes: one YAML file per experiment, loaded into frozen dataclasses.
+
+Every knob of a run is a field here; the resolved recipe is written into the run folder
+(``recipe.yaml``) so a run can always be reproduced and resumed. Unknown keys and wrong types are
+errors naming the key path. Paths in a recipe are relative to the current working directory.
+
+The same recipe type covers every method of the comparison (DESIGN.md):
+
+=====================  ==========================  ============================================
+method                 registration.enabled        segmentation / data
+=====================  ==========================  ============================================
+registration only      true                        ``segmentation.enabled: false``
+FCN / UNet alone       false                       ``data.labels: sparse``
+RFCN / RUNet           true (fmirnet)              sparse + warped/propagated terms
+VFCN / VUNet           true (voxelmorph)           sparse + warped/propagated terms
+FCN* / UNet*           false                       ``data.labels: full`` (upper bound)
+=====================  ==========================  ============================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from os import PathLike
+from pathlib import Path
+from typing import Any, Literal
+
+from jointreg.errors import ConfigError, InputError
+from jointreg.utils.typed import apply_overrides, from_mapping, to_mapping
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, and how its volumes become 2D training slices.
+
+    Attributes:
+        dataset: canonical dataset folder (see ``jointreg prepare`` / ``jointreg sparsify``).
+        axis: slicing axis; ``None`` = the through-plane axis (largest spacing).
+        size: training size (H, W) in pixels; any size works (networks pad internally).
+        normalization: ``auto`` picks CT windowing or MR percentile clipping from dataset.json.
+        labels: ``sparse`` trains on ``labelsTr`` (few annotations, rest ``ignore``); ``full``
+            trains on ``labelsTr_full`` (every slice annotated: the upper bound).
+        validation_cases: training cases held out for validation/model selection.
+        validation_count: or hold out this many cases (chosen with the seed).
+        validation_labels: labels scored on validation cases; ``full`` uses ``labelsTr_full``
+            when present (one or two fully annotated volumes kept for validation).
+    """
+
+    dataset: str = ""
+    axis: int | None = None
+    size: tuple[int, int] = (128, 128)
+    normalization: Literal["auto", "ct", "mr", "none"] = "auto"
+    ct_window: tuple[float, float] = (-160.0, 240.0)
+    mr_percentiles: tuple[float, float] = (0.5, 99.5)
+    labels: Literal["sparse", "full"] = "sparse"
+    validation_cases: tuple[str, ...] = ()
+    validation_count: int = 0
+    validation_labels: Literal["sparse", "full"] = "full"
+
+    def __post_init__(self):
+        if min(self.size) < 8:
+            raise ConfigError(f"data.size: {list(self.size)} is too small (at least 8 pixels)")
+        if self.validation_count < 0:
+            raise ConfigError("data.validation_count: must be >= 0")
+        if self.validation_cases and self.validation_count:
+            raise ConfigError("data: give validation_cases or validation_count, not both")
+
+
+@dataclass(frozen=True)
+class PairConfig:
+    """How registration pairs are drawn.
+
+    Attributes:
+        radius: a fixed slice lies within this many slices of its (annotated) moving slice.
+        cross_volume: probability that a pair's fixed slice comes from another volume (at the
+            same relative position in the organ extent, within the radius).
+        unannotated_moving: probability that the moving slice is an unannotated slice (image
+            terms only; gives the registration net more pairs to learn from).
+    """
+
+    radius: int = 6
+    cross_volume: float = 0.0
+    unannotated_moving: float = 0.0
+
+    def __post_init__(self):
+        if self.radius < 1:
+            raise ConfigError("pairs.radius: must be >= 1")
+        for name in ("cross_volume", "unannotated_moving"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"pairs.{name}: must be a probability in [0, 1], got {value}")
+
+
+@dataclass(frozen=True)
+class RegistrationConfig:
+    """The registration network and its loss (FMIRNet paper: MSE + β·(1 − SSIM) + α·smoothness).
+
+    Attributes:
+        anatomy_weight: Dice(warped moving label, segmentor(fixed)) once the segmentor is warm.
+        label_weight: Dice(warped moving label, fixed label) for pairs whose fixed slice is annotated.
+    """
+
+    enabled: bool = True
+    architecture: str = "fmirnet"
+    arguments: dict[str, Any] = field(default_factory=dict)
+    similarity: str = "mse"
+    similarity_weight: float = 1.0
+    ssim_weight: float = 0.1
+    smoothness: Literal["diffusion", "bending"] = "diffusion"
+    smoothness_weight: float = 0.02
+    anatomy_weight: float = 0.0
+    label_weight: float = 0.0
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 8
+
+    def __post_init__(self):
+        _positive("registration", batch_size=self.batch_size, lr=self.lr)
+        _non_negative(
+            "registration", similarity_weight=self.similarity_weight, ssim_weight=self.ssim_weight,
+            smoothness_weight=self.smoothness_weight, anatomy_weight=self.anatomy_weight,
+            label_weight=self.label_weight, weight_decay=self.weight_decay,
+        )
+
+
+@dataclass(frozen=True)
+class AugmentationConfig:
+    """Augmentation of segmentation batches (albumentations; seeded per step)."""
+
+    enabled: bool = True
+    rotate: float = 15.0
+    scale: tuple[float, float] = (0.85, 1.15)
+    translate: float = 0.06
+    elastic: float = 0.0
+    brightness: float = 0.1
+    contrast: float = 0.15
+    gamma: tuple[float, float] = (0.8, 1.25)
+    noise: float = 0.02
+    probability: float = 0.8
+
+
+@dataclass(frozen=True)
+class SegmentationConfig:
+    """The segmentor and which labels it learns from.
+
+    Attributes:
+        real_weight: loss weight of annotated slices (their real labels).
+        warped_weight: weight of warped moving images with their warped labels (exactly aligned).
+        propagated_weight: weight of unannotated fixed images with propagated labels.
+        trust: how propagated labels are weighted per pixel: ``uniform``; ``distance`` (decays
+            with the slice distance to the source, ``trust_decay`` per slice); ``agreement``
+            (only pixels where the propagated label and the segmentor agree, once warm);
+            ``distance+agreement``.
+    """
+
+    enabled: bool = True
+    architecture: str = "unet"
+    arguments: dict[str, Any] = field(default_factory=dict)
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    batch_size: int = 8
+    ce_weight: float = 1.0
+    dice_weight: float = 1.0
+    real_weight: float = 1.0
+    warped_weight: float = 0.5
+    propagated_weight: float = 0.5
+    trust: Literal["uniform", "distance", "agreement", "distance+agreement"] = "distance"
+    trust_decay: float = 0.15
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+
+    def __post_init__(self):
+        _positive("segmentation", batch_size=self.batch_size, lr=self.lr)
+        _non_negative(
+            "segmentation", ce_weight=self.ce_weight, dice_weight=self.dice_weight,
+            real_weight=self.real_weight, warped_weight=self.warped_weight,
+            propagated_weight=self.propagated_weight, trust_decay=self.trust_decay,
+        )
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Warm-up of each network alone, then ``rounds`` of K_reg / K_seg alternating steps.
+
+    Attributes:
+        validate_every: validate (and keep the best segmentor) every this many rounds.
+        patience: stop after this many validations without improvement (``None``: never).
+        lr_schedule: ``constant`` or ``cosine`` decay over each network's total steps.
+    """
+
+    registration_warmup: int = 200
+    segmentation_warmup: int = 200
+    rounds: int = 10
+    registration_steps: int = 50
+    segmentation_steps: int = 50
+    validate_every: int = 1
+    patience: int | None = None
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    checkpoint_every: int = 1
+
+    def __post_init__(self):
+        _non_negative(
+            "schedule", registration_warmup=self.registration_warmup,
+            segmentation_warmup=self.segmentation_warmup, rounds=self.rounds,
+            registration_steps=self.registration_steps, segmentation_steps=self.segmentation_steps,
+        )
+        _positive("schedule", validate_every=self.validate_every, checkpoint_every=self.checkpoint_every)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    tensorboard: bool = True
+    log_every: int = 20
+    image_every: int = 200
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Evaluation of the final segmentor on the dataset's test split (``imagesTs``/``labelsTs``)."""
+
+    enabled: bool = True
+    split: Literal["Ts", "Tr"] = "Ts"
+    write_predictions: bool = True
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A complete experiment. See ``recipes/*.yaml`` for commented examples."""
+
+    name: str = "run"
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    output: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    pairs: PairConfig = field(default_factory=PairConfig)
+    registration: RegistrationConfig = field(default_factory=RegistrationConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    def __post_init__(self):
+        if not self.registration.enabled and not self.segmentation.enabled:
+            raise ConfigError("recipe: enable registration, segmentation, or both")
+        if self.registration.anatomy_weight > 0 and not self.segmentation.enabled:
+            raise ConfigError("registration.anatomy_weight needs segmentation.enabled: true")
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ConfigError(f"name: {self.name!r} cannot be used as a run folder name")
+
+    @property
+    def mode(self) -> str:
+        """``joint``, ``registration`` (registration only) or ``segmentation`` (segmentor only)."""
+        if self.registration.enabled and self.segmentation.enabled:
+            return "joint"
+        return "registration" if self.registration.enabled else "segmentation"
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_mapping(self)
+
+    def replace(self, **changes: Any) -> Recipe:
+        return replace(self, **changes)
+
+
+def _positive(section: str, **values: float) -> None:
+    for name, value in values.items():
+        if value <= 0:
+            raise ConfigError(f"{section}.{name}: must be > 0, got {value}")
+
+
+def _non_negative(section: str, **values: float) -> None:
+    for name, value in values.items():
+        if value < 0:
+            raise ConfigError(f"{section}.{name}: must be >= 0, got {value}")
+
+
+def recipe_from_dict(data: Any, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Build a recipe from a mapping, after applying ``key=value`` overrides."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("a recipe must be a YAML mapping of sections")
+    return from_mapping(Recipe, apply_overrides(data, list(overrides)))
+
+
+def load_recipe(path: str | PathLike[str], overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a YAML recipe (``yaml.safe_load``), apply overrides, and validate it.
+
+    Raises:
+        InputError: unreadable file or invalid YAML (naming the file).
+        ConfigError: unknown keys, wrong types, inconsistent settings (naming the key).
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "recipe file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise InputError(path, f"invalid YAML{where}") from None
+    try:
+        return recipe_from_dict(data, overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The recipe as YAML text (the resolved form written into every run folder)."""
+    import yaml
+
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False, default_flow_style=None)

@@ -1,0 +1,237 @@
+"""One optimisation step of each network, as small functions (no trainer class).
+
+``registration_step``: similarity(moving∘φ, fixed) + β·(1 − SSIM) + α·smoothness(φ)
+    + anatomy term Dice(moving_label∘φ, segmentor(fixed))   (once the segmentor is warm)
+    + label term Dice(moving_label∘φ, fixed_label)          (pairs whose fixed slice is annotated)
+
+``segmentation_step``: weighted CE + Dice on
+    real annotated slices (real_weight),
+    warped moving images with their warped labels (warped_weight; exactly aligned pairs),
+    unannotated fixed images with propagated labels (propagated_weight × per-pixel trust).
+
+Both return a dict of floats (the loss terms) for logging; they raise
+:class:`TrainingDiverged` on a non-finite loss *before* touching the weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from jointreg.errors import JointregError
+from jointreg.losses.regularization import bending_energy, diffusion
+from jointreg.losses.segmentation import ce_dice_loss, soft_dice
+from jointreg.losses.similarity import create_similarity_loss, ssim
+from jointreg.spatial.labels import one_hot
+from jointreg.spatial.warp import warp_labels, warp_onehot
+from jointreg.training.batches import RegistrationBatch
+from jointreg.training.config import RegistrationConfig, SegmentationConfig
+
+
+class TrainingDiverged(JointregError):
+    """A loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
+
+
+_ADVICE = "The last good checkpoint is kept. Try a lower learning rate or a larger smoothness weight."
+
+
+def _check_finite(loss: torch.Tensor, what: str, step: int) -> None:
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(f"{what} loss became {loss.item()} at step {step}; stopping. {_ADVICE}")
+
+
+def _check_weights(net: torch.nn.Module, what: str, step: int) -> None:
+    # An update can turn weights infinite while its loss was still finite; the next forward pass
+    # would then produce NaN flows. Catch it here, before any later step uses them.
+    if not all(torch.isfinite(p).all() for p in net.parameters()):
+        raise TrainingDiverged(f"{what} weights became NaN or infinite at step {step}; stopping. {_ADVICE}")
+
+
+class RegistrationLoss:
+    """The registration objective of a recipe, built once (similarity module, weights)."""
+
+    def __init__(self, config: RegistrationConfig, *, num_classes: int, ignore_index: int):
+        self.config = config
+        self.similarity = create_similarity_loss(config.similarity)
+        self.smoothness = diffusion if config.smoothness == "diffusion" else bending_energy
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+
+    def __call__(self, out, batch: RegistrationBatch, *, anatomy: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Total loss and its terms.
+
+        Args:
+            out: the network's ``RegistrationOutput``.
+            batch: the pairs.
+            anatomy: optional segmentor probabilities on the fixed images ``(B, K, H, W)``.
+        """
+        cfg = self.config
+        terms: dict[str, torch.Tensor] = {}
+        terms["similarity"] = self.similarity(out.warped, batch.fixed)
+        total = cfg.similarity_weight * terms["similarity"]
+        if cfg.ssim_weight > 0:
+            terms["ssim"] = 1.0 - ssim(out.warped, batch.fixed)
+            total = total + cfg.ssim_weight * terms["ssim"]
+        terms["smoothness"] = self.smoothness(out.flow)
+        total = total + cfg.smoothness_weight * terms["smoothness"]
+        if cfg.label_weight > 0 or (cfg.anatomy_weight > 0 and anatomy is not None):
+            k = self.num_classes
+            warped = warp_onehot(one_hot(batch.moving_label, k, ignore_index=self.ignore_index), out.flow)
+            known = (warped[:, k:] < 0.5).float()  # where the moving label was annotated
+            moving_annotated = (batch.moving_label != self.ignore_index).flatten(1).any(1)
+            if cfg.label_weight > 0:
+                fixed_known = (batch.fixed_label != self.ignore_index).float() * known
+                use = moving_annotated & (fixed_known.flatten(1).sum(1) > 0)
+                if use.any():
+                    target = one_hot(batch.fixed_label, k, ignore_index=self.ignore_index)[:, :k]
+                    terms["label_dice"] = 1.0 - soft_dice(
+                        warped[use, 1:k], target[use, 1:], mask=fixed_known[use]
+                    )
+                    total = total + cfg.label_weight * terms["label_dice"]
+            if cfg.anatomy_weight > 0 and anatomy is not None and moving_annotated.any():
+                use = moving_annotated
+                terms["anatomy_dice"] = 1.0 - soft_dice(warped[use, 1:k], anatomy[use, 1:], mask=known[use])
+                total = total + cfg.anatomy_weight * terms["anatomy_dice"]
+        return total, {name: float(value.detach()) for name, value in terms.items()}
+
+
+def registration_step(
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: RegistrationBatch,
+    loss_fn: RegistrationLoss,
+    *,
+    segmentor: torch.nn.Module | None = None,
+    step: int = 0,
+) -> dict[str, float]:
+    """One optimiser step of the registration network; returns the loss terms.
+
+    Args:
+        segmentor: when given (and the recipe has an anatomy weight), its softmax on the fixed
+            images is the anatomy target; it is evaluated without gradients, in eval mode.
+    """
+    net.train()
+    anatomy = None
+    if segmentor is not None and loss_fn.config.anatomy_weight > 0:
+        was_training = segmentor.training
+        segmentor.eval()
+        with torch.no_grad():
+            anatomy = torch.softmax(segmentor(batch.fixed), dim=1)
+        segmentor.train(was_training)
+    out = net(batch.moving, batch.fixed)
+    loss, terms = loss_fn(out, batch, anatomy=anatomy)
+    _check_finite(loss, "registration", step)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    _check_weights(net, "registration", step)
+    terms["total"] = float(loss.detach())
+    return terms
+
+
+@dataclass
+class PropagatedBatch:
+    """Pairs turned into segmentation samples by the registration network.
+
+    Attributes:
+        warped_images, warped_labels: moving images and labels warped onto the fixed grid.
+        fixed_images: the fixed images.
+        fixed_targets: labels for the fixed images: the fixed slice's own label where known,
+            the propagated label elsewhere; ``ignore_index`` where neither is trusted.
+        trust: ``(B,)`` per-sample weight of the propagated targets (distance decay).
+    """
+
+    warped_images: torch.Tensor
+    warped_labels: torch.Tensor
+    fixed_images: torch.Tensor
+    fixed_targets: torch.Tensor
+    trust: torch.Tensor
+
+
+@torch.no_grad()
+def propagate(
+    net: torch.nn.Module,
+    batch: RegistrationBatch,
+    *,
+    num_classes: int,
+    ignore_index: int,
+    trust: str = "distance",
+    trust_decay: float = 0.15,
+    segmentor: torch.nn.Module | None = None,
+) -> PropagatedBatch:
+    """Warp moving slices and labels onto fixed slices and build trusted targets.
+
+    Labels are warped as one-hot maps (with "unknown" as its own channel) and the argmax is
+    taken, so thin structures are not dropped. With ``agreement`` trust (and a segmentor),
+    propagated pixels where the segmentor disagrees become ``ignore``.
+    """
+    was_training = net.training
+    net.eval()
+    out = net(batch.moving, batch.fixed)
+    net.train(was_training)
+    warped_labels = warp_labels(batch.moving_label, out.flow, num_classes, ignore_index=ignore_index)
+    targets = torch.where(batch.fixed_label != ignore_index, batch.fixed_label, warped_labels)
+    if trust in ("agreement", "distance+agreement") and segmentor is not None:
+        was = segmentor.training
+        segmentor.eval()
+        predicted = segmentor(batch.fixed).argmax(1, keepdim=True)
+        segmentor.train(was)
+        propagated_only = batch.fixed_label == ignore_index
+        disagree = propagated_only & (predicted != targets)
+        targets = torch.where(disagree, torch.full_like(targets, ignore_index), targets)
+    if trust in ("distance", "distance+agreement"):
+        weights = torch.exp(-trust_decay * batch.distance)
+    else:
+        weights = torch.ones_like(batch.distance)
+    return PropagatedBatch(out.warped, warped_labels, batch.fixed, targets, weights)
+
+
+def segmentation_step(
+    segmentor: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: SegmentationConfig,
+    *,
+    ignore_index: int,
+    real: tuple[torch.Tensor, torch.Tensor] | None = None,
+    propagated: PropagatedBatch | None = None,
+    step: int = 0,
+) -> dict[str, float]:
+    """One optimiser step of the segmentor on real and/or registration-derived samples."""
+    segmentor.train()
+    groups: list[tuple[str, float, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+    if real is not None and config.real_weight > 0:
+        groups.append(("real", config.real_weight, real[0], real[1], None))
+    if propagated is not None:
+        if config.warped_weight > 0:
+            groups.append(("warped", config.warped_weight, propagated.warped_images, propagated.warped_labels, None))
+        if config.propagated_weight > 0:
+            groups.append(("propagated", config.propagated_weight, propagated.fixed_images, propagated.fixed_targets, propagated.trust))
+    if not groups:
+        return {}
+    images = torch.cat([g[2] for g in groups])
+    logits = segmentor(images)
+    terms: dict[str, torch.Tensor] = {}
+    total = logits.new_zeros(())
+    start = 0
+    for name, weight, group_images, targets, trust in groups:
+        n = group_images.shape[0]
+        voxel_weight = None
+        if trust is not None:
+            voxel_weight = trust.view(-1, *([1] * (targets.dim() - 1))).expand(targets.shape).to(logits.dtype)
+        terms[name] = ce_dice_loss(
+            logits[start:start + n], targets, ignore_index=ignore_index,
+            ce_weight=config.ce_weight, dice_weight=config.dice_weight, weight=voxel_weight,
+        )
+        total = total + weight * terms[name]
+        start += n
+    _check_finite(total, "segmentation", step)
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+    _check_weights(segmentor, "segmentation", step)
+    result = {name: float(value.detach()) for name, value in terms.items()}
+    result["total"] = float(total.detach())
+    return result
+
+

@@ -1,0 +1,54 @@
+"""Devices, threads and seeds: chosen from configuration and availability, never hard-coded."""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+from jointreg.errors import ConfigError
+
+
+def resolve_device(name: Any = "auto"):
+    """A ``torch.device`` from ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda[:N]``.
+
+    Raises:
+        ConfigError: an unknown name, or CUDA asked for where none is available.
+    """
+    import torch
+
+    if isinstance(name, torch.device):
+        return name
+    text = str(name or "auto").lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r} is not valid (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available on this machine")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device type {device.type!r} is not supported (use auto, cpu, cuda)")
+    return device
+
+
+def set_threads(threads: int | None) -> None:
+    """Set torch's intra-op thread count (``None`` leaves torch's default)."""
+    import torch
+
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy's legacy global RNG and torch (CPU and CUDA)."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))

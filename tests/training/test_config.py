@@ -1,0 +1,87 @@
+import pytest
+import yaml
+
+from jointreg.errors import ConfigError, InputError
+from jointreg.training.config import Recipe, dump_recipe, load_recipe, recipe_from_dict
+from jointreg.utils.typed import apply_overrides
+
+
+def test_defaults_are_a_joint_fmirnet_unet_run():
+    recipe = Recipe()
+    assert recipe.mode == "joint"
+    assert recipe.registration.architecture == "fmirnet"
+    assert recipe.segmentation.architecture == "unet"
+
+
+def test_yaml_round_trip_is_exact(tmp_path):
+    recipe = recipe_from_dict(
+        {"name": "x", "data": {"size": [96, 112], "validation_cases": ["a"]},
+         "registration": {"arguments": {"features": [8, 16]}, "lr": 3e-4}}
+    )
+    path = tmp_path / "r.yaml"
+    path.write_text(dump_recipe(recipe))
+    assert load_recipe(path) == recipe
+    assert load_recipe(path).data.size == (96, 112)
+
+
+def test_overrides_parse_values_as_yaml():
+    recipe = recipe_from_dict({}, ["schedule.rounds=3", "registration.lr=1e-4", "data.size=[64, 80]",
+                                   "segmentation.enabled=false", "registration.arguments.scales=2"])
+    assert recipe.schedule.rounds == 3
+    assert recipe.registration.lr == pytest.approx(1e-4)
+    assert recipe.data.size == (64, 80)
+    assert recipe.mode == "registration"
+    assert recipe.registration.arguments == {"scales": 2}
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"registraton": {}}, r"registraton: unknown key \(valid keys here: .*registration"),
+        ({"registration": {"learning_rate": 1}}, r"registration.learning_rate: unknown key"),
+        ({"registration": {"lr": "fast"}}, r"registration.lr: expected a number, got 'fast'"),
+        ({"schedule": {"rounds": 2.5}}, r"schedule.rounds: expected an integer"),
+        ({"segmentation": {"enabled": "yes"}}, r"segmentation.enabled: expected true or false"),
+        ({"data": {"size": [64]}}, r"data.size: expected 2 values, got 1"),
+        ({"segmentation": {"trust": "blind"}}, r"segmentation.trust: 'blind' is not one of"),
+        ({"registration": {"enabled": False}, "segmentation": {"enabled": False}}, "enable registration, segmentation"),
+        ({"registration": {"anatomy_weight": 1}, "segmentation": {"enabled": False}}, "anatomy_weight needs"),
+        ({"registration": {"lr": -1}}, r"registration.lr: must be > 0"),
+        ({"pairs": {"cross_volume": 2}}, r"pairs.cross_volume: must be a probability"),
+        ({"name": "a/b"}, "cannot be used as a run folder name"),
+    ],
+)
+def test_bad_recipes_name_the_key(data, message):
+    with pytest.raises(ConfigError, match=message):
+        recipe_from_dict(data)
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="expected key=value"):
+        apply_overrides({}, ["schedule.rounds"])
+    with pytest.raises(ConfigError, match="is not a section"):
+        apply_overrides({"seed": 1}, ["seed.x=2"])
+
+
+def test_load_recipe_errors_name_the_file(tmp_path):
+    with pytest.raises(InputError, match="recipe file not found"):
+        load_recipe(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(InputError, match=r"bad.yaml: invalid YAML at line"):
+        load_recipe(bad)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(yaml.safe_dump({"schedule": {"roundz": 1}}))
+    with pytest.raises(ConfigError, match=r"typo.yaml: schedule.roundz: unknown key"):
+        load_recipe(typo)
+
+
+def test_shipped_recipes_load(tmp_path):
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"))
+    recipes = [r for r in recipes if not r.name.startswith("study_")]
+    assert recipes, "no recipes shipped"
+    for path in recipes:
+        recipe = load_recipe(path)
+        assert recipe.name == path.stem, f"{path.name}: name should match the file name"

@@ -1,0 +1,103 @@
+"""Registration and segmentation steps on a phantom: losses fall, ignore voxels are excluded."""
+
+import numpy as np
+import pytest
+import torch
+
+from jointreg.data.pairs import PairSampler
+from jointreg.training.batches import labelled_batch, registration_batch
+from jointreg.training.config import RegistrationConfig, SegmentationConfig
+from jointreg.training.steps import RegistrationLoss, propagate, registration_step, segmentation_step
+
+
+@pytest.fixture(scope="module")
+def volumes(sparse_phantom):
+    from jointreg.data.dataset import Dataset
+    from jointreg.data.slices import SliceSpec, load_sliced_dataset
+
+    return load_sliced_dataset(Dataset.open(sparse_phantom), SliceSpec(size=(48, 48)), full_labels=True, progress=False)
+
+
+def _nets(seed=0):
+    from jointreg.nets.registration import create_registration_net
+    from jointreg.nets.segmentation import create_segmentor
+
+    torch.manual_seed(seed)
+    reg = create_registration_net("fmirnet", spatial_dims=2, features=[8, 16, 16])
+    seg = create_segmentor("fcn", in_channels=1, classes=5, features=[8, 8, 16, 16, 16], head_channels=16, dropout=0.0)
+    return reg, seg
+
+
+def test_registration_steps_lower_the_loss_and_beat_identity(volumes):
+    reg, _ = _nets()
+    sampler = PairSampler(volumes, radius=4)
+    pairs = sampler.same_volume_pairs()
+    batch = registration_batch(volumes, pairs, ignore_index=5, device=torch.device("cpu"))
+    loss_fn = RegistrationLoss(RegistrationConfig(lr=3e-3, label_weight=0.0), num_classes=5, ignore_index=5)
+    opt = torch.optim.Adam(reg.parameters(), lr=3e-3)
+    with torch.no_grad():
+        reg.eval()
+        before, _ = loss_fn(reg(batch.moving, batch.fixed), batch)
+    # Unsupervised: the labels are never seen in training, only scored afterwards.
+    for step in range(100):
+        registration_step(reg, opt, batch, loss_fn, step=step)
+    reg.eval()
+    with torch.no_grad():
+        after, terms = loss_fn(reg(batch.moving, batch.fixed), batch)
+    assert after < 0.8 * before
+    # The propagated labels agree better with the (full) fixed labels than copying does.
+    from jointreg.training.validation import validate_registration
+
+    scores = validate_registration(reg, volumes, radius=4, num_classes=5, ignore_index=5)
+    assert scores["label_dice"] > scores["identity_dice"] + 0.02
+
+
+def test_segmentation_steps_lower_the_loss(volumes):
+    _, seg = _nets()
+    slots = [(v, s) for v, vol in enumerate(volumes) for s in vol.annotated_indices]
+    images, labels = labelled_batch(volumes, slots, device=torch.device("cpu"))
+    opt = torch.optim.Adam(seg.parameters(), lr=3e-3)
+    cfg = SegmentationConfig()
+    first = segmentation_step(seg, opt, cfg, ignore_index=5, real=(images, labels))["total"]
+    for step in range(40):
+        last = segmentation_step(seg, opt, cfg, ignore_index=5, real=(images, labels), step=step)["total"]
+    assert last < 0.5 * first
+
+
+def test_ignore_voxels_do_not_change_the_segmentation_loss():
+    from jointreg.losses.segmentation import ce_dice_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8)
+    target = torch.randint(0, 3, (2, 1, 8, 8))
+    target[:, :, :4] = 3  # ignore the top half
+    other = logits.clone()
+    other[:, :, :4] = torch.randn_like(other[:, :, :4]) * 10  # change predictions under ignore only
+    a = ce_dice_loss(logits, target, ignore_index=3)
+    b = ce_dice_loss(other, target, ignore_index=3)
+    assert torch.allclose(a, b)
+
+
+def test_propagation_keeps_real_labels_and_marks_unknown(volumes):
+    reg, _ = _nets()
+    pairs = PairSampler(volumes, radius=3).same_volume_pairs()[:4]
+    batch = registration_batch(volumes, pairs, ignore_index=5, device=torch.device("cpu"))
+    out = propagate(reg, batch, num_classes=5, ignore_index=5, trust="distance", trust_decay=0.5)
+    known = batch.fixed_label != 5
+    assert torch.equal(out.fixed_targets[known], batch.fixed_label[known])
+    expected = torch.exp(-0.5 * batch.distance)
+    assert torch.allclose(out.trust, expected)
+    # A freshly initialised network is near identity: the propagated label is the moving one.
+    assert (out.warped_labels == batch.moving_label).float().mean() > 0.98
+
+
+def test_anatomy_term_uses_the_segmentor_without_training_it(volumes):
+    reg, seg = _nets()
+    before = {k: v.clone() for k, v in seg.state_dict().items()}
+    pairs = PairSampler(volumes, radius=3).same_volume_pairs()[:4]
+    batch = registration_batch(volumes, pairs, ignore_index=5, device=torch.device("cpu"))
+    loss_fn = RegistrationLoss(RegistrationConfig(anatomy_weight=1.0), num_classes=5, ignore_index=5)
+    terms = registration_step(reg, torch.optim.Adam(reg.parameters()), batch, loss_fn, segmentor=seg)
+    assert "anatomy_dice" in terms and 0.0 <= terms["anatomy_dice"] <= 1.0
+    for k, v in seg.state_dict().items():
+        assert torch.equal(v, before[k]), k
