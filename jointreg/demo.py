@@ -84,7 +84,7 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), *, overwr
     )
     _say(progress, "2/5 sparsifying: one annotated slice per training volume")
     sparse = out / "data" / "phantom_1slice"
-    sparsify_dataset(full, sparse, slices_per_volume=1, strategy="largest", seed=settings.seed, progress=False)
+    sparsify_dataset(full, sparse, slices_per_volume=1, strategy="largest", classes=["liver"], seed=settings.seed, progress=False)
     report = validate_dataset(sparse)
     if not report.ok:
         raise InputError(sparse, f"demo dataset failed validation: {report.problems[0]}")

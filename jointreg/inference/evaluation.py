@@ -34,9 +34,16 @@ def evaluate_segmentor_on_volumes(
     labels: dict[str, int],
     predictions_dir: Path | None,
     report_dir: Path,
+    label_lut: np.ndarray | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Segment ``volumes``, write predictions and an evaluation report; return the summary."""
+    """Segment ``volumes``, write predictions and an evaluation report; return the summary.
+
+    Args:
+        labels: the segmentor's foreground classes (name → id).
+        label_lut: maps the dataset's label ids to the segmentor's (when it was trained on a
+            subset of the classes); applied to the ground truth.
+    """
     from tqdm.auto import tqdm
 
     from jointreg.data.nifti import write_volume
@@ -49,8 +56,11 @@ def evaluate_segmentor_on_volumes(
             write_volume(predictions_dir / f"{volume.case}{dataset.spec.file_ending}", prediction,
                          reference=volume.reference, is_label=True)
         truth = dataset.read_label(volume.case, split)
-        cases.append((volume.case, prediction, truth.array, truth.spacing))
+        gt = truth.array if label_lut is None else label_lut[truth.array]
+        cases.append((volume.case, prediction, gt, truth.spacing))
     ignore = dataset.spec.ignore_label
+    if ignore is not None and label_lut is not None:
+        ignore = int(label_lut[ignore])
     rows = evaluate_arrays(cases, labels, ignore_label=ignore)
     write_report(rows, report_dir, info={"split": split, "dataset": str(dataset.root)}, overwrite=True)
     return summarize(rows)

@@ -43,9 +43,12 @@ class DataConfig:
         validation_count: or hold out this many cases (chosen with the seed).
         validation_labels: labels scored on validation cases; ``full`` uses ``labelsTr_full``
             when present (one or two fully annotated volumes kept for validation).
+        classes: train on these classes only (names from dataset.json); the other structures
+            become background. Empty: every class.
     """
 
     dataset: str = ""
+    classes: tuple[str, ...] = ()
     axis: int | None = None
     size: tuple[int, int] = (128, 128)
     normalization: Literal["auto", "ct", "mr", "none"] = "auto"

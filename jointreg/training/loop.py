@@ -171,17 +171,59 @@ def read_run_recipe(run_dir: str | Path) -> Recipe:
 # --------------------------------------------------------------------------------------------
 @dataclass
 class TrainingData:
+    """The sliced training/validation volumes and the label space the networks use.
+
+    Attributes:
+        labels: class name → id of the networks (background 0, consecutive; a subset of the
+            dataset's classes when the recipe selects some).
+        label_lut: maps dataset label ids (ignore included) to network ids.
+    """
+
     dataset: Dataset
     spec: DatasetSpec
     slice_spec: SliceSpec
     train: list[SlicedVolume]
     validation: list[SlicedVolume]
-    num_classes: int
+    labels: dict[str, int]
     ignore_index: int
+    label_lut: np.ndarray
 
     @property
-    def class_labels(self) -> dict[str, int]:
-        return self.spec.class_labels
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    @property
+    def foreground_labels(self) -> dict[str, int]:
+        return {name: i for name, i in self.labels.items() if i != 0}
+
+    def remap(self, labels: np.ndarray) -> np.ndarray:
+        """Dataset label ids → network label ids."""
+        return self.label_lut[labels]
+
+
+def class_subset(spec: DatasetSpec, names: tuple[str, ...], source: Path) -> tuple[dict[str, int], np.ndarray, int]:
+    """Network labels, a dataset-id → network-id lookup table, and the network's ignore id.
+
+    With ``names`` empty the dataset's classes are kept as they are.
+    """
+    classes = spec.class_labels
+    unknown = [n for n in names if n not in classes or classes[n] == 0]
+    if unknown:
+        valid = ", ".join(n for n, i in classes.items() if i != 0)
+        raise ConfigError(f"data.classes: {unknown[0]!r} is not a foreground class of {source} (classes: {valid})")
+    kept = [n for n, i in classes.items() if i != 0 and (not names or n in names)]
+    labels = {"background": 0, **{n: i + 1 for i, n in enumerate(kept)}}
+    background_name = next(n for n, i in classes.items() if i == 0)
+    if background_name != "background":
+        labels = {background_name: 0, **{n: v for n, v in labels.items() if n != "background"}}
+    ignore_index = len(labels)
+    top = max([*spec.labels.values(), 0])
+    lut = np.zeros(top + 1, np.int16)
+    for name, i in classes.items():
+        lut[i] = labels.get(name, 0)
+    if spec.ignore_label is not None:
+        lut[spec.ignore_label] = ignore_index
+    return labels, lut, ignore_index
 
 
 def check_label_ids(spec: DatasetSpec, source: Path) -> None:
@@ -210,15 +252,15 @@ def load_training_data(recipe: Recipe, *, progress: bool = True) -> TrainingData
     dataset = Dataset.open(recipe.data.dataset)
     spec = dataset.spec
     check_label_ids(spec, dataset.root / "dataset.json")
-    num_classes = spec.num_classes
+    labels, lut, ignore_index = class_subset(spec, tuple(recipe.data.classes), dataset.root / "dataset.json")
+    num_classes = len(labels)
     if num_classes < 2:
         raise InputError(dataset.root / "dataset.json", "needs at least one foreground class")
-    ignore_index = spec.ignore_label if spec.ignore_label is not None else num_classes
     classes_arg = recipe.segmentation.arguments.get("classes")
     if classes_arg is not None and int(classes_arg) != num_classes:
         raise ConfigError(
             f"segmentation.arguments.classes = {classes_arg} disagrees with {dataset.root / 'dataset.json'}, "
-            f"which declares {num_classes} classes ({', '.join(spec.class_labels)})"
+            f"which declares {num_classes} classes ({', '.join(labels)})"
         )
     cases = dataset.cases("Tr")
     if not cases:
@@ -249,7 +291,17 @@ def load_training_data(recipe: Recipe, *, progress: bool = True) -> TrainingData
         validation = load_sliced_dataset(dataset, slice_spec, cases=validation_cases, full_labels=want_full, progress=progress)
     if not any(labelled_slices(v) for v in train):
         raise InputError(dataset.root / "labelsTr", "no annotated slice in any training case (nothing to learn from)")
-    return TrainingData(dataset, spec, slice_spec, train, validation, num_classes, ignore_index)
+    if not np.array_equal(lut, np.arange(len(lut))):
+        train = [_remap_volume(v, lut, ignore_index) for v in train]
+        validation = [_remap_volume(v, lut, ignore_index) for v in validation]
+    return TrainingData(dataset, spec, slice_spec, train, validation, labels, ignore_index, lut)
+
+
+def _remap_volume(volume: SlicedVolume, lut: np.ndarray, ignore_index: int) -> SlicedVolume:
+    labels = None if volume.labels is None else lut[volume.labels]
+    full = None if volume.full_labels is None else lut[volume.full_labels]
+    volume = dataclasses.replace(volume, labels=labels, full_labels=full)
+    return _restatus(volume, ignore_index) if labels is not None else volume
 
 
 def _restatus(volume: SlicedVolume, ignore_index: int) -> SlicedVolume:
@@ -564,6 +616,8 @@ def _run_plan(recipe, paths, data, nets, plan, state, logger, device, stop_after
                 logger.scalars(f"{prefix}/loss", terms, g)
                 lr = (nets.reg_optimizer if prefix == "registration" else nets.seg_optimizer).param_groups[0]["lr"]
                 logger.scalars(prefix, {"lr": lr}, g)
+                log.info("step %d/%d %s lr %.2e %s", g, total, prefix, lr,
+                         " ".join(f"{k} {v:.4f}" for k, v in terms.items()))
             bar.set_postfix_str(f"{prefix[:3]} {terms.get('total', 0.0):.4f}", refresh=False)
             bar.update(1)
             if state.step in round_ends:
@@ -649,8 +703,12 @@ def _finish(recipe, paths, data, nets, state, device, show_progress) -> dict[str
             nets.segmentor.load_state_dict(best["segmentor"])
         log.info("selected the weights of step %d (validation score %.4f)", state.best_step, state.best_score)
     preprocessing = data.slice_spec.to_dict()
-    labels = data.class_labels
+    labels = data.labels
     extra = {"run": recipe.name, "recipe_mode": recipe.mode, "step": state.step}
+    from jointreg.inference.segment import TRAINING_GEOMETRY, describe_training_geometry
+
+    # What `jointreg segment` compares new inputs with (orientation, spacing): see docs/inference.md.
+    extra[TRAINING_GEOMETRY] = describe_training_geometry(data.train)
     exported = {}
     if nets.registration is not None:
         exported["registration"] = str(save_model_folder(
@@ -695,14 +753,16 @@ def evaluate_run_models(recipe: Recipe, paths: RunPaths, data: TrainingData, net
         log.warning("no labelled %s cases to evaluate on", split)
         return {"cases": 0}
     result: dict[str, Any] = {"split": split, "cases": len(cases)}
-    volumes = load_sliced_dataset(ds, data.slice_spec, split=split, cases=cases, progress=progress)
+    volumes = [_remap_volume(v, data.label_lut, data.ignore_index)
+               for v in load_sliced_dataset(ds, data.slice_spec, split=split, cases=cases, progress=progress)]
     if nets.segmentor is not None:
         from jointreg.inference.evaluation import evaluate_segmentor_on_volumes
 
         result["segmentation"] = evaluate_segmentor_on_volumes(
             nets.segmentor, volumes, ds, split=split,
             predictions_dir=paths.predictions if recipe.evaluation.write_predictions else None,
-            report_dir=paths.evaluation, labels=data.spec.foreground_labels, progress=progress,
+            report_dir=paths.evaluation, labels=data.foreground_labels, label_lut=data.label_lut,
+            progress=progress,
         )
     if nets.registration is not None:
         from jointreg.inference.evaluation import evaluate_registration_on_volumes

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 TINY = {
-    "data": {"size": [32, 32]},
+    "data": {"size": [32, 32], "classes": ["liver"]},
     "registration": {"batch_size": 2, "arguments": {"features": [4, 8, 8]}},
     "segmentation": {
         "architecture": "fcn", "batch_size": 2,

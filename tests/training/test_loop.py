@@ -36,7 +36,7 @@ def test_joint_run_writes_a_complete_run_folder(tiny_recipe):
     assert summary["steps"] == 14
     assert summary["registration_steps"] == 7 and summary["segmentation_steps"] == 7
     assert summary["history"], "validation should have run"
-    assert set(summary["evaluation"]["segmentation"]["classes"]) == {"liver", "kidney_right", "kidney_left", "spleen"}
+    assert set(summary["evaluation"]["segmentation"]["classes"]) == {"liver"}
     predictions = list((run / "predictions").glob("*.nii.gz"))
     assert len(predictions) == 1
     import jointreg
@@ -82,7 +82,7 @@ def test_resume_without_checkpoint_or_folder(tiny_recipe, tmp_path):
 
 
 def test_class_count_disagreeing_with_dataset_json(tiny_recipe):
-    with pytest.raises(ConfigError, match="classes = 3 disagrees with .*dataset.json.*declares 5 classes"):
+    with pytest.raises(ConfigError, match="classes = 3 disagrees with .*dataset.json.*declares 2 classes \\(background, liver\\)"):
         train(tiny_recipe("segmentation.arguments.classes=3"))
 
 
@@ -132,3 +132,25 @@ def test_summary_is_json(tiny_recipe):
     on_disk = json.loads((Path(summary["run"]) / "summary.json").read_text())
     assert on_disk["mode"] == "segmentation"
     assert on_disk["registration_steps"] == 0
+
+
+def test_class_subset_trains_and_evaluates_on_the_chosen_classes(tiny_recipe):
+    summary = train(tiny_recipe("data.classes=[spleen]", "registration.enabled=false", name="spleenonly"))
+    assert set(summary["evaluation"]["segmentation"]["classes"]) == {"spleen"}
+    import jointreg
+
+    model = jointreg.load_model(f"{summary['run']}/export/segmentor")
+    assert model.labels == {"background": 0, "spleen": 1}
+    assert model.config["arguments"]["classes"] == 2
+
+
+def test_class_subset_lut_maps_others_to_background(tmp_path):
+    from jointreg.data.dataset import DatasetSpec
+    from jointreg.training.loop import class_subset
+
+    spec = DatasetSpec({"0": "CT"}, {"background": 0, "liver": 1, "kidney": 2, "spleen": 3, "ignore": 4}, 1)
+    labels, lut, ignore = class_subset(spec, ("spleen",), tmp_path)
+    assert labels == {"background": 0, "spleen": 1}
+    assert lut.tolist() == [0, 0, 0, 1, 2] and ignore == 2
+    with pytest.raises(ConfigError, match="'lungs' is not a foreground class"):
+        class_subset(spec, ("lungs",), tmp_path)
