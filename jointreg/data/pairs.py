@@ -50,6 +50,8 @@ class PairSampler:
         radius: fixed slices lie within ``radius`` slices of the moving slice.
         cross_volume: probability of a cross-volume pair.
         unannotated_moving: probability that the moving slice is drawn among all slices.
+        annotated_fixed: probability that the fixed slice is an annotated slice of another
+            volume (both labels known: the registration's label term supervises these pairs).
 
     Raises:
         ValueError: no volume has an annotated slice with a neighbour within the radius.
@@ -62,6 +64,7 @@ class PairSampler:
         radius: int = 6,
         cross_volume: float = 0.0,
         unannotated_moving: float = 0.0,
+        annotated_fixed: float = 0.0,
     ):
         self.volumes = list(volumes)
         self.radius = int(radius)
@@ -72,6 +75,9 @@ class PairSampler:
         if not self.moving_slices:
             raise ValueError("no annotated slice has another slice within the pairing radius")
         self.all_slices = [(v, s) for v, vol in enumerate(self.volumes) for s in range(len(vol.status))]
+        self.labelled = [(v, s) for v, vol in enumerate(self.volumes) for s in labelled_slices(vol)]
+        volumes_with_labels = {v for v, _ in self.labelled}
+        self.annotated_fixed = float(annotated_fixed) if len(volumes_with_labels) > 1 else 0.0
 
     def _neighbours(self, volume: int, index: int) -> list[int]:
         n = len(self.volumes[volume].status)
@@ -90,6 +96,9 @@ class PairSampler:
         """Draw ``n`` pairs (with replacement)."""
         pairs = []
         for _ in range(n):
+            if self.annotated_fixed and rng.random() < self.annotated_fixed:
+                pairs.append(self._annotated_pair(rng))
+                continue
             if self.unannotated_moving and rng.random() < self.unannotated_moving:
                 v, s = self.all_slices[rng.integers(len(self.all_slices))]
                 neighbours = self._neighbours(v, s)
@@ -105,6 +114,14 @@ class PairSampler:
             f = neighbours[rng.integers(len(neighbours))]
             pairs.append(SlicePair((v, s), (v, f), abs(f - s)))
         return pairs
+
+    def _annotated_pair(self, rng: np.random.Generator) -> SlicePair:
+        v, s = self.labelled[rng.integers(len(self.labelled))]
+        others = [(w, f) for w, f in self.labelled if w != v]
+        w, f = others[rng.integers(len(others))]
+        n_src, n_dst = len(self.volumes[v].status), len(self.volumes[w].status)
+        centre = round(s / max(n_src - 1, 1) * (n_dst - 1))
+        return SlicePair((v, s), (w, f), abs(f - centre))
 
     def _cross(self, v: int, s: int, rng: np.random.Generator) -> SlicePair:
         others = [i for i in range(len(self.volumes)) if i != v]

@@ -78,16 +78,20 @@ class PairConfig:
             same relative position in the organ extent, within the radius).
         unannotated_moving: probability that the moving slice is an unannotated slice (image
             terms only; gives the registration net more pairs to learn from).
+        annotated_fixed: probability that a registration pair joins two annotated slices of
+            different volumes, so that ``registration.label_weight`` supervises the alignment.
+            Used for registration steps only; segmentation steps propagate within volumes.
     """
 
     radius: int = 6
     cross_volume: float = 0.0
     unannotated_moving: float = 0.0
+    annotated_fixed: float = 0.0
 
     def __post_init__(self):
         if self.radius < 1:
             raise ConfigError("pairs.radius: must be >= 1")
-        for name in ("cross_volume", "unannotated_moving"):
+        for name in ("cross_volume", "unannotated_moving", "annotated_fixed"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"pairs.{name}: must be a probability in [0, 1], got {value}")

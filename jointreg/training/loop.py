@@ -556,8 +556,10 @@ def _run_plan(recipe, paths, data, nets, plan, state, logger, device, stop_after
         try:
             sampler = PairSampler(
                 data.train, radius=pairs_cfg.radius, cross_volume=pairs_cfg.cross_volume,
-                unannotated_moving=pairs_cfg.unannotated_moving,
+                unannotated_moving=pairs_cfg.unannotated_moving, annotated_fixed=pairs_cfg.annotated_fixed,
             )
+            # Segmentation steps propagate labels within volumes, from annotated slices only.
+            propagation_sampler = PairSampler(data.train, radius=pairs_cfg.radius)
         except ValueError as exc:
             raise InputError(data.dataset.root, str(exc)) from None
         reg_loss = RegistrationLoss(recipe.registration, num_classes=data.num_classes, ignore_index=data.ignore_index)
@@ -597,7 +599,7 @@ def _run_plan(recipe, paths, data, nets, plan, state, logger, device, stop_after
                 real = labelled_batch(data.train, slots, augment=augment, seeds=seeds, device=device)
                 propagated = None
                 if nets.registration is not None and (cfg.warped_weight > 0 or cfg.propagated_weight > 0):
-                    pairs = sampler.sample(max(1, cfg.batch_size // 2), rng)
+                    pairs = propagation_sampler.sample(max(1, cfg.batch_size // 2), rng)
                     batch = registration_batch(data.train, pairs, ignore_index=data.ignore_index, device=device)
                     propagated = propagate(
                         nets.registration, batch, num_classes=data.num_classes, ignore_index=data.ignore_index,

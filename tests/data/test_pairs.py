@@ -53,3 +53,10 @@ def test_unannotated_moving_draws_any_slice():
 def test_no_usable_annotation_is_an_error():
     with pytest.raises(ValueError, match="no annotated slice"):
         PairSampler([_volume("....."), _volume("A")], radius=2)
+
+
+def test_annotated_fixed_pairs_join_annotated_slices_of_other_volumes():
+    sampler = PairSampler([_volume("..A.."), _volume(".A..."), _volume("....E")], radius=1, annotated_fixed=1.0)
+    for p in sampler.sample(40, np.random.default_rng(0)):
+        assert p.moving[0] != p.fixed[0]
+        assert p.moving in ((0, 2), (1, 1), (2, 4)) and p.fixed in ((0, 2), (1, 1), (2, 4))

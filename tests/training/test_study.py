@@ -54,3 +54,22 @@ def test_bad_study_files(tiny_recipe, tmp_path):
     path = _write_study(tmp_path, tiny_recipe(), {"A": {}, "a": {}})
     with pytest.raises(ConfigError, match="same folder name"):
         load_study(path)
+
+
+def test_shipped_studies_resolve_every_method():
+    from pathlib import Path
+
+    from jointreg.training.study import plan_runs
+
+    studies = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("study_*.yaml"))
+    assert len(studies) >= 2
+    for path in studies:
+        study, base = load_study(path)
+        runs = plan_runs(study, base)
+        methods = {m for m, _, _, _ in runs}
+        assert {"UNet", "RUNet", "VUNet", "UNet*"} <= methods, path.name
+        by_method = {m: r for m, _, r, _ in runs}
+        assert by_method["UNet"].mode == "segmentation"
+        assert by_method["RUNet"].mode == "joint"
+        assert by_method["VUNet"].registration.architecture == "voxelmorph"
+        assert by_method["UNet*"].data.labels == "full"
