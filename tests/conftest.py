@@ -72,3 +72,46 @@ def make_dataset(tmp_path) -> Callable[..., Path]:
         return root
 
     return build
+
+
+# A tiny finished joint run, shared by the inference, export and CLI tests (trained once per
+# session, a few seconds). Barely trained: for plumbing and geometry, not for accuracy.
+TINY_RUN_RECIPE = {
+    "name": "tiny_run",
+    "data": {"size": [32, 32]},
+    "pairs": {"radius": 4},
+    "registration": {"batch_size": 2, "arguments": {"features": [4, 8, 8]}},
+    "segmentation": {
+        "architecture": "fcn", "batch_size": 2,
+        "arguments": {"features": [4, 8, 8, 8, 8], "head_channels": 8, "dropout": 0.0},
+    },
+    "schedule": {"registration_warmup": 2, "segmentation_warmup": 2, "rounds": 1,
+                 "registration_steps": 1, "segmentation_steps": 1},
+    "logging": {"image_every": 0, "log_every": 0, "progress": False, "tensorboard": False},
+    "evaluation": {"enabled": False},
+}
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> dict[str, Path]:
+    """``{"run", "sparse", "full"}``: a finished tiny run and the liver-CT phantom it trained on.
+
+    The phantom has 3 training cases (64 × 64 × 24, one annotated slice each in ``sparse``) and
+    one test case; ``run/export`` holds the registration network and the segmentor.
+    """
+    import copy
+
+    from jointreg.data.phantoms import generate_phantom_dataset
+    from jointreg.data.sparsify import sparsify_dataset
+    from jointreg.training.config import recipe_from_dict
+    from jointreg.training.loop import train
+
+    root = tmp_path_factory.mktemp("trained_run")
+    full = generate_phantom_dataset(root / "full", "liver-ct", n_train=3, n_test=1, seed=11, shape=(64, 64, 24))
+    sparse = root / "sparse"
+    sparsify_dataset(full, sparse, slices_per_volume=1, progress=False)
+    data = copy.deepcopy(TINY_RUN_RECIPE)
+    data["output"] = str(root / "runs")
+    data["data"]["dataset"] = str(sparse)
+    summary = train(recipe_from_dict(data), progress=False)
+    return {"run": Path(summary["run"]), "sparse": sparse, "full": full}

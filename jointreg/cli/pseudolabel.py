@@ -1,0 +1,62 @@
+"""Complete the labels of a sparse dataset with a trained run, as a new nnU-Net v2 dataset.
+
+Examples:
+  jointreg pseudolabel --run runs/chaos_t2_1slice --dataset data/chaos_t2_1slice --out data/chaos_t2_pseudo
+  jointreg pseudolabel --run RUN --dataset DATASET --out DIR --mode registration --propagation chain --workers 2
+
+Every voxel labelled 'ignore' in DATASET/labelsTr gets a label; annotated voxels are copied
+unchanged. Modes: 'registration' warps the nearest annotated slice(s) on each side onto the slice
+(--propagation direct, or chain: slice by slice through the neighbours) and averages them with
+weights exp(-distance / pair radius); 'segmentor' uses the segmentor alone; 'fusion' (default)
+mixes both, trusting registration near annotated slices and where it agrees with the segmentor.
+Cases without any annotated voxel are labelled by the segmentor alone.
+
+DIR receives imagesTr/ (hard links or copies), labelsTr/, dataset.json (labels without ignore),
+provenance/{case}.json and pseudolabel.json. The job is resumable: rerun the same command after an
+interruption and finished cases are skipped; the result is the same as an uninterrupted run.
+--overwrite starts over in a DIR made by an earlier pseudolabel run (other folders are never
+deleted). Formulas: docs/inference.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+NAME = "pseudolabel"
+HELP = "write complete pseudo-labels for a sparse dataset (resumable, parallel)"
+ORDER = 75
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, type=Path, metavar="RUN", help="finished run folder (uses RUN/export/*)")
+    parser.add_argument("--dataset", required=True, type=Path, metavar="DATASET", help="sparse dataset (labelsTr with 'ignore')")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output dataset folder")
+    parser.add_argument("--mode", choices=("registration", "segmentor", "fusion"), default="fusion",
+                        help="how unannotated voxels are labelled (default: %(default)s)")
+    parser.add_argument("--propagation", choices=("direct", "chain"), default="direct",
+                        help="registration from the source slices directly, or through the neighbours (default: %(default)s)")
+    parser.add_argument("--source-slices", type=int, default=1, metavar="K",
+                        help="annotated source slices per side for direct propagation (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="pairs/slices per forward pass (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="start over in an existing pseudolabel output")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from jointreg.inference.pseudolabel import PseudolabelSettings, pseudolabel_dataset
+
+    settings = PseudolabelSettings(
+        mode=args.mode, propagation=args.propagation, source_slices=args.source_slices,
+        batch_size=args.batch_size, device=args.device,
+    )
+    summary = pseudolabel_dataset(
+        args.run, args.dataset, args.out, settings=settings, workers=args.workers,
+        overwrite=args.overwrite, progress=not args.no_progress,
+    )
+    methods = ", ".join(f"{n} {m}" for m, n in sorted(summary["methods"].items()))
+    skipped = f", {summary['skipped']} already done" if summary["skipped"] else ""
+    print(f"pseudo-labelled {summary['labelled']} case(s){skipped} into {summary['out']}" + (f" ({methods})" if methods else ""))
+    return 0

@@ -1,0 +1,217 @@
+"""Bulk pseudo-labels: output layout, known answers, resume after a real kill, bad inputs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jointreg.data.dataset import Dataset
+from jointreg.data.nifti import read_label
+from jointreg.errors import ConfigError, InputError
+from jointreg.inference.propagate import nearest_slice_labels
+from jointreg.inference.pseudolabel import PseudolabelSettings, find_run_models, label_lookup, pseudolabel_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _copy_nearest(dataset: Dataset, case: str) -> np.ndarray:
+    label = read_label(dataset.label_path(case)).array
+    stack = np.moveaxis(label, 2, 0)
+    ignore = dataset.spec.ignore_label
+    annotated = [s for s in range(stack.shape[0]) if (stack[s] != ignore).any()]
+    return np.moveaxis(nearest_slice_labels(stack, annotated), 0, 2)
+
+
+def test_output_is_a_complete_nnunet_dataset(trained_run, tmp_path):
+    sparse = Dataset.open(trained_run["sparse"])
+    out = tmp_path / "pseudo"
+    summary = pseudolabel_dataset(trained_run["run"], sparse.root, out, progress=False)
+    assert summary["labelled"] == 3 and summary["skipped"] == 0 and summary["methods"] == {"fusion": 3}
+    spec = json.loads((out / "dataset.json").read_text())
+    assert spec["labels"] == sparse.spec.class_labels and "ignore" not in spec["labels"]
+    assert spec["numTraining"] == 3 and spec["channel_names"] == {"0": "CT"}
+    result = Dataset.open(out)
+    assert result.cases() == sparse.cases()
+    for case in sparse.cases():
+        source = read_label(sparse.label_path(case))
+        label = read_label(result.label_path(case))
+        assert label.shape == source.shape and np.array_equal(label.affine, source.affine)
+        assert set(np.unique(label.array)) <= set(range(5))
+        known = source.array != sparse.spec.ignore_label
+        assert known.any() and np.array_equal(label.array[known], source.array[known])  # annotations verbatim
+        assert os.path.samefile(result.image_path(case), sparse.image_path(case))  # hard link
+        provenance = json.loads((out / "provenance" / f"{case}.json").read_text())
+        assert provenance["mode"] == "fusion" and provenance["num_slices"] == 24
+        annotated = provenance["annotated_slices"]
+        assert len(annotated) == 1
+        slices = provenance["slices"]
+        assert slices[annotated[0]] == {"index": annotated[0], "annotation": "complete"}
+        other = slices[(annotated[0] + 1) % 24]
+        assert other["method"] == "fusion" and other["sources"][0]["slice"] == annotated[0]
+        assert 0.0 <= other["registration_weight"] <= other["sources"][0]["weight"]
+    manifest = json.loads((out / "pseudolabel.json").read_text())
+    assert manifest["settings"] == {"mode": "fusion", "propagation": "direct", "source_slices": 1}
+    assert manifest["radius"] == 4.0
+
+
+def test_zero_flow_registration_reproduces_copying_the_nearest_slice(identity_run, sparse_phantom_factory, tmp_path):
+    sparse = Dataset.open(sparse_phantom_factory(2))
+    run = identity_run(sparse.spec.class_labels)
+    for propagation in ("direct", "chain"):
+        out = tmp_path / propagation
+        settings = PseudolabelSettings(mode="registration", propagation=propagation)
+        pseudolabel_dataset(run, sparse.root, out, settings=settings, progress=False)
+        for case in sparse.cases():
+            assert np.array_equal(read_label(out / "labelsTr" / f"{case}.nii.gz").array, _copy_nearest(sparse, case)), propagation
+
+
+def test_segmentor_mode_equals_segment(identity_run, sparse_phantom_factory, tmp_path):
+    from jointreg.inference.segment import segment_inputs
+
+    sparse = Dataset.open(sparse_phantom_factory(2))
+    run = identity_run(sparse.spec.class_labels, size=(48, 40))
+    out = tmp_path / "pseudo"
+    pseudolabel_dataset(run, sparse.root, out, settings=PseudolabelSettings(mode="segmentor", batch_size=1), progress=False)
+    segment_inputs(run, [sparse.images_dir()], tmp_path / "seg", batch_size=1, progress=False, device="cpu")
+    for case in sparse.cases():
+        sparse_label = read_label(sparse.label_path(case)).array
+        unknown = sparse_label == sparse.spec.ignore_label
+        pseudo = read_label(out / "labelsTr" / f"{case}.nii.gz").array
+        predicted = read_label(tmp_path / "seg" / f"{case}.nii.gz").array
+        assert np.array_equal(pseudo[unknown], predicted[unknown])
+        assert np.array_equal(pseudo[~unknown], sparse_label[~unknown])
+        provenance = json.loads((out / "provenance" / f"{case}.json").read_text())
+        assert provenance["models"]["registration"] is None and provenance["method"] == "segmentor"
+
+
+def test_rerun_skips_finished_cases_and_refuses_other_settings(trained_run, tmp_path):
+    out = tmp_path / "pseudo"
+    settings = PseudolabelSettings(mode="registration")
+    pseudolabel_dataset(trained_run["run"], trained_run["sparse"], out, settings=settings, progress=False)
+    first = _files(out)
+    (out / "provenance" / "liver_ct_001.json").unlink()  # as if killed before the provenance was written
+    (out / "labelsTr" / ".tmp-0123456789ab-liver_ct_001.nii.gz").write_bytes(b"partial")
+    summary = pseudolabel_dataset(trained_run["run"], trained_run["sparse"], out, settings=settings, progress=False)
+    assert summary["labelled"] == 1 and summary["skipped"] == 2
+    assert _files(out) == first  # the leftover temporary is gone, the case is redone identically
+    with pytest.raises(InputError, match=r"was made with other settings \(differs in: settings\)"):
+        pseudolabel_dataset(trained_run["run"], trained_run["sparse"], out, progress=False)
+    summary = pseudolabel_dataset(trained_run["run"], trained_run["sparse"], out, progress=False, overwrite=True)
+    assert summary["labelled"] == 3
+    assert json.loads((out / "pseudolabel.json").read_text())["settings"]["mode"] == "fusion"
+
+
+def test_cases_without_annotation_use_the_segmentor(trained_run, tmp_path):
+    from jointreg.data.nifti import write_volume
+
+    source = Dataset.open(trained_run["sparse"])
+    ignore = source.spec.ignore_label
+    # a copy of the sparse dataset where case 001 lost its annotation
+    copy = tmp_path / "sparse"
+    for folder in ("imagesTr", "labelsTr"):
+        (copy / folder).mkdir(parents=True)
+    (copy / "dataset.json").write_bytes((source.root / "dataset.json").read_bytes())
+    for case in source.cases():
+        os.link(source.image_path(case), copy / "imagesTr" / source.image_path(case).name)
+        label = read_label(source.label_path(case))
+        array = np.full(label.shape, ignore, np.int16) if case == "liver_ct_001" else label.array
+        write_volume(copy / "labelsTr" / f"{case}.nii.gz", array, reference=label, is_label=True)
+    summary = pseudolabel_dataset(trained_run["run"], copy, tmp_path / "out", progress=False)
+    assert summary["methods"] == {"fusion": 2, "segmentor (no annotated slice)": 1}
+    provenance = json.loads((tmp_path / "out" / "provenance" / "liver_ct_001.json").read_text())
+    assert provenance["annotated_slices"] == [] and {s["method"] for s in provenance["slices"]} == {"segmentor"}
+    # registration mode needs at least one annotation somewhere
+    for case in source.cases():
+        label = read_label(copy / "labelsTr" / f"{case}.nii.gz")
+        write_volume(copy / "labelsTr" / f"{case}.nii.gz", np.full(label.shape, ignore, np.int16), reference=label, is_label=True)
+    with pytest.raises(InputError, match="no annotated voxel in any case: registration has nothing to propagate"):
+        pseudolabel_dataset(trained_run["run"], copy, tmp_path / "out2", settings=PseudolabelSettings(mode="registration"), progress=False)
+    assert not (tmp_path / "out2").exists()
+
+
+def test_bad_requests(trained_run, tmp_path):
+    run, sparse = trained_run["run"], trained_run["sparse"]
+    with pytest.raises(InputError, match="the output folder is the input dataset"):
+        pseudolabel_dataset(run, sparse, sparse, progress=False)
+    with pytest.raises(InputError, match="must not contain, or lie inside, the input dataset"):
+        pseudolabel_dataset(run, sparse, sparse / "pseudo", progress=False)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(InputError, match="is not a jointreg pseudolabel output"):
+        pseudolabel_dataset(run, sparse, other, progress=False, overwrite=True)
+    assert (other / "keep.txt").read_text() == "mine"
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "recipe.yaml").write_text("name: x\n")
+    with pytest.raises(InputError, match="is a jointreg run folder without exported models"):
+        find_run_models(unfinished)
+    with pytest.raises(ConfigError, match="unknown mode 'vote'"):
+        PseudolabelSettings(mode="vote")
+    with pytest.raises(ConfigError, match="source-slices must be an integer >= 1"):
+        PseudolabelSettings(source_slices=0)
+    with pytest.raises(ConfigError, match="workers must be an integer >= 1"):
+        pseudolabel_dataset(run, sparse, tmp_path / "x", workers=0, progress=False)
+
+
+def test_label_lookup_maps_by_name():
+    lut = label_lookup({"background": 0, "liver": 1, "kidney": 2}, 3, {"background": 0, "liver": 1}, Path("d.json"))
+    assert lut.tolist() == [0, 1, 0, 2]  # kidney -> background, ignore -> the networks' ignore (2)
+    with pytest.raises(InputError, match="has no class 'spleen'"):
+        label_lookup({"background": 0, "liver": 1}, None, {"background": 0, "spleen": 1}, Path("d.json"))
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_same_files(identity_run, sparse_phantom_factory, tmp_path):
+    """Kill -9 a real `jointreg pseudolabel` (2 workers) once its first case is finished, rerun
+    it, and compare every output byte with an uninterrupted run."""
+    sparse = Dataset.open(sparse_phantom_factory(8, seed=4))
+    run = identity_run(sparse.spec.class_labels, size=(48, 48))
+    reference = tmp_path / "reference"
+    pseudolabel_dataset(run, sparse.root, reference, workers=2, progress=False)
+
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "jointreg.cli.main", "pseudolabel", "--run", str(run), "--dataset", str(sparse.root),
+               "--out", str(out), "--workers", "2", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list((out / "provenance").glob("*.json")) if out.exists() else True:
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "no output appeared"
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)  # the CLI and its workers
+    process.wait()
+    process.stderr.close()
+    done = len(list((out / "provenance").glob("*.json")))
+    assert 1 <= done < 8, "the run finished before it was killed"
+
+    rerun = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{8 - done} case(s), {done} already done" in rerun.stdout
+    produced, expected = _files(out), _files(reference)
+    assert not [name for name in produced if Path(name).name.startswith(".tmp-")]
+    assert produced.keys() == expected.keys()
+    assert [name for name in expected if produced[name] != expected[name]] == []
+
+
+@pytest.mark.slow
+def test_parallel_workers_give_the_serial_result(identity_run, sparse_phantom_factory, tmp_path):
+    sparse = Dataset.open(sparse_phantom_factory(4, seed=6))
+    run = identity_run(sparse.spec.class_labels)
+    settings = PseudolabelSettings(mode="registration")
+    serial = pseudolabel_dataset(run, sparse.root, tmp_path / "serial", settings=settings, workers=1, progress=False)
+    parallel = pseudolabel_dataset(run, sparse.root, tmp_path / "parallel", settings=settings, workers=3, progress=False)
+    assert serial["methods"] == parallel["methods"] == {"registration": 4}
+    assert _files(tmp_path / "serial") == _files(tmp_path / "parallel")
