@@ -109,6 +109,7 @@ def ce_dice_loss(
     dice_weight: float = 1.0,
     include_background: bool = False,
     weight: Tensor | None = None,
+    sample_weight: Tensor | None = None,
     eps: float = 1e-5,
 ) -> Tensor:
     """``ce_weight · CE + dice_weight · (1 - soft Dice)``, ignore voxels excluded from both.
@@ -117,6 +118,10 @@ def ce_dice_loss(
     propagated label) scales its cross-entropy in absolute terms; with ``w = 1`` this is the
     usual mean over the known voxels. With no known voxel the loss is 0.
 
+    A per-sample weight ``s_b`` scales both terms of sample ``b``: the CE voxels of the sample
+    are weighted by ``s_b`` and the Dice term is ``Σ_b s_b (1 - Dice_b) / B``. (A voxel weight
+    cannot do this for Dice, which is a ratio: a constant weight per sample cancels.)
+
     Args:
         logits: ``(B, C, *S)`` raw scores.
         target: ``(B, 1, *S)`` integer ids in ``0 .. C-1`` or ``ignore_index``.
@@ -124,6 +129,7 @@ def ce_dice_loss(
         ce_weight, dice_weight: weights of the two terms.
         include_background: score class 0 in the Dice term.
         weight: optional ``(B, 1, *S)`` non-negative voxel weights.
+        sample_weight: optional ``(B,)`` non-negative per-sample weights.
         eps: Dice smoothing.
 
     Returns:
@@ -132,16 +138,26 @@ def ce_dice_loss(
     classes = logits.shape[1]
     onehot, known = _targets(target, classes, ignore_index, logits.dtype)
     mask = known if weight is None else known * weight.to(logits.dtype)
+    per_sample = None
+    if sample_weight is not None:
+        per_sample = sample_weight.to(logits.dtype).reshape(-1)
+        if per_sample.shape[0] != logits.shape[0]:
+            raise ValueError(f"sample_weight has {per_sample.shape[0]} values for a batch of {logits.shape[0]}")
     total = logits.new_zeros(())
     if ce_weight:
         log_probs = torch.log_softmax(logits, dim=1)
         ce_map = -(log_probs * onehot).sum(1, keepdim=True)  # 0 at ignore voxels (all-zero one-hot)
-        ce = (ce_map * mask).sum() / known.sum().clamp_min(1.0)
+        ce_mask = mask if per_sample is None else mask * per_sample.view(-1, *([1] * (mask.dim() - 1)))
+        ce = (ce_map * ce_mask).sum() / known.sum().clamp_min(1.0)
         total = total + ce_weight * ce
     if dice_weight:
         probs = torch.softmax(logits, dim=1)
-        dice = soft_dice(probs, onehot, mask=mask, eps=eps, include_background=include_background)
-        total = total + dice_weight * (1 - dice)
+        if per_sample is None:
+            dice = soft_dice(probs, onehot, mask=mask, eps=eps, include_background=include_background)
+            total = total + dice_weight * (1 - dice)
+        else:
+            dice = soft_dice(probs, onehot, mask=mask, eps=eps, include_background=include_background, reduction="none")
+            total = total + dice_weight * (per_sample * (1 - dice.mean(1))).mean()
     return total
 
 

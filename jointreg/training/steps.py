@@ -216,12 +216,9 @@ def segmentation_step(
     start = 0
     for name, weight, group_images, targets, trust in groups:
         n = group_images.shape[0]
-        voxel_weight = None
-        if trust is not None:
-            voxel_weight = trust.view(-1, *([1] * (targets.dim() - 1))).expand(targets.shape).to(logits.dtype)
         terms[name] = ce_dice_loss(
             logits[start:start + n], targets, ignore_index=ignore_index,
-            ce_weight=config.ce_weight, dice_weight=config.dice_weight, weight=voxel_weight,
+            ce_weight=config.ce_weight, dice_weight=config.dice_weight, sample_weight=trust,
         )
         total = total + weight * terms[name]
         start += n

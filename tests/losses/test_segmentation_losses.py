@@ -107,3 +107,18 @@ def test_gradcheck_dice_and_ce():
 def test_unknown_label_value_is_a_clear_error():
     with pytest.raises(ValueError, match=r"\[7\]"):
         dice_loss(torch.zeros(1, 3, 2, 2), torch.tensor([[[[0, 1], [7, 2]]]]))
+
+
+def test_sample_weight_scales_both_terms_per_sample():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 6, 6)
+    target = torch.randint(0, 3, (2, 1, 6, 6))
+    first = ce_dice_loss(logits[:1], target[:1])
+    second = ce_dice_loss(logits[1:], target[1:])
+    # Weight 0 on the second sample: only the first one counts (CE normalised over both samples' voxels).
+    only_first = ce_dice_loss(logits, target, sample_weight=torch.tensor([1.0, 0.0]), ce_weight=0.0)
+    assert torch.allclose(only_first, (ce_dice_loss(logits[:1], target[:1], ce_weight=0.0)) / 2)
+    both = ce_dice_loss(logits, target, sample_weight=torch.ones(2))
+    assert torch.allclose(both, (first + second) / 2, atol=1e-6)
+    with pytest.raises(ValueError, match="sample_weight has 3 values"):
+        ce_dice_loss(logits, target, sample_weight=torch.ones(3))
