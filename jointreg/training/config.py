@@ -153,10 +153,12 @@ class SegmentationConfig:
         real_weight: loss weight of annotated slices (their real labels).
         warped_weight: weight of warped moving images with their warped labels (exactly aligned).
         propagated_weight: weight of unannotated fixed images with propagated labels.
-        trust: how propagated labels are weighted per pixel: ``uniform``; ``distance`` (decays
-            with the slice distance to the source, ``trust_decay`` per slice); ``agreement``
-            (only pixels where the propagated label and the segmentor agree, once warm);
-            ``distance+agreement``.
+        trust: which criteria decide how much a propagated label is trusted (any combination):
+            ``distance``: each propagated slice weighs ``exp(-trust_decay · slice distance)``;
+            ``residual``: pixels where the registered moving image still differs from the fixed
+            image by more than ``trust_residual`` (intensities in [0, 1]) become ``ignore``;
+            ``agreement``: once the segmentor is warm, pixels where it disagrees with the
+            propagated label become ``ignore``. An empty list trusts every propagated pixel.
     """
 
     enabled: bool = True
@@ -170,8 +172,9 @@ class SegmentationConfig:
     real_weight: float = 1.0
     warped_weight: float = 0.5
     propagated_weight: float = 0.5
-    trust: Literal["uniform", "distance", "agreement", "distance+agreement"] = "distance"
+    trust: tuple[Literal["distance", "residual", "agreement"], ...] = ("distance",)
     trust_decay: float = 0.15
+    trust_residual: float = 0.15
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
 
     def __post_init__(self):
@@ -180,6 +183,7 @@ class SegmentationConfig:
             "segmentation", ce_weight=self.ce_weight, dice_weight=self.dice_weight,
             real_weight=self.real_weight, warped_weight=self.warped_weight,
             propagated_weight=self.propagated_weight, trust_decay=self.trust_decay,
+            trust_residual=self.trust_residual,
         )
 
 

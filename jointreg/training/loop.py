@@ -603,7 +603,8 @@ def _run_plan(recipe, paths, data, nets, plan, state, logger, device, stop_after
                     batch = registration_batch(data.train, pairs, ignore_index=data.ignore_index, device=device)
                     propagated = propagate(
                         nets.registration, batch, num_classes=data.num_classes, ignore_index=data.ignore_index,
-                        trust=cfg.trust, trust_decay=cfg.trust_decay, segmentor=nets.segmentor if seg_warm else None,
+                        trust=tuple(cfg.trust), trust_decay=cfg.trust_decay, trust_residual=cfg.trust_residual,
+                        segmentor=nets.segmentor if seg_warm else None,
                     )
                 terms = segmentation_step(
                     nets.segmentor, nets.seg_optimizer, cfg, ignore_index=data.ignore_index,

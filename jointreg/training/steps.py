@@ -156,31 +156,39 @@ def propagate(
     *,
     num_classes: int,
     ignore_index: int,
-    trust: str = "distance",
+    trust: tuple[str, ...] = ("distance",),
     trust_decay: float = 0.15,
+    trust_residual: float = 0.15,
     segmentor: torch.nn.Module | None = None,
 ) -> PropagatedBatch:
     """Warp moving slices and labels onto fixed slices and build trusted targets.
 
     Labels are warped as one-hot maps (with "unknown" as its own channel) and the argmax is
-    taken, so thin structures are not dropped. With ``agreement`` trust (and a segmentor),
-    propagated pixels where the segmentor disagrees become ``ignore``.
+    taken, so thin structures are not dropped. Trust criteria (see
+    :class:`~jointreg.training.config.SegmentationConfig`): ``distance`` weighs each sample by
+    ``exp(-trust_decay · d)``; ``residual`` ignores pixels where ``|moving∘φ − fixed|`` exceeds
+    ``trust_residual``; ``agreement`` (with a segmentor) ignores pixels where the segmentor's
+    prediction differs from the propagated label. The fixed slice's own labels, where known,
+    always win.
     """
     was_training = net.training
     net.eval()
     out = net(batch.moving, batch.fixed)
     net.train(was_training)
     warped_labels = warp_labels(batch.moving_label, out.flow, num_classes, ignore_index=ignore_index)
-    targets = torch.where(batch.fixed_label != ignore_index, batch.fixed_label, warped_labels)
-    if trust in ("agreement", "distance+agreement") and segmentor is not None:
+    propagated = warped_labels.clone()
+    unknown = torch.full_like(propagated, ignore_index)
+    if "residual" in trust:
+        mismatch = (out.warped - batch.fixed).abs() > trust_residual
+        propagated = torch.where(mismatch, unknown, propagated)
+    if "agreement" in trust and segmentor is not None:
         was = segmentor.training
         segmentor.eval()
         predicted = segmentor(batch.fixed).argmax(1, keepdim=True)
         segmentor.train(was)
-        propagated_only = batch.fixed_label == ignore_index
-        disagree = propagated_only & (predicted != targets)
-        targets = torch.where(disagree, torch.full_like(targets, ignore_index), targets)
-    if trust in ("distance", "distance+agreement"):
+        propagated = torch.where(predicted != propagated, unknown, propagated)
+    targets = torch.where(batch.fixed_label != ignore_index, batch.fixed_label, propagated)
+    if "distance" in trust:
         weights = torch.exp(-trust_decay * batch.distance)
     else:
         weights = torch.ones_like(batch.distance)

@@ -43,7 +43,7 @@ def test_overrides_parse_values_as_yaml():
         ({"schedule": {"rounds": 2.5}}, r"schedule.rounds: expected an integer"),
         ({"segmentation": {"enabled": "yes"}}, r"segmentation.enabled: expected true or false"),
         ({"data": {"size": [64]}}, r"data.size: expected 2 values, got 1"),
-        ({"segmentation": {"trust": "blind"}}, r"segmentation.trust: 'blind' is not one of"),
+        ({"segmentation": {"trust": ["blind"]}}, r"segmentation.trust\[0\]: .blind. is not one of"),
         ({"registration": {"enabled": False}, "segmentation": {"enabled": False}}, "enable registration, segmentation"),
         ({"registration": {"anatomy_weight": 1}, "segmentation": {"enabled": False}}, "anatomy_weight needs"),
         ({"registration": {"lr": -1}}, r"registration.lr: must be > 0"),

@@ -82,7 +82,7 @@ def test_propagation_keeps_real_labels_and_marks_unknown(volumes):
     reg, _ = _nets()
     pairs = PairSampler(volumes, radius=3).same_volume_pairs()[:4]
     batch = registration_batch(volumes, pairs, ignore_index=5, device=torch.device("cpu"))
-    out = propagate(reg, batch, num_classes=5, ignore_index=5, trust="distance", trust_decay=0.5)
+    out = propagate(reg, batch, num_classes=5, ignore_index=5, trust=("distance",), trust_decay=0.5)
     known = batch.fixed_label != 5
     assert torch.equal(out.fixed_targets[known], batch.fixed_label[known])
     expected = torch.exp(-0.5 * batch.distance)
@@ -101,3 +101,17 @@ def test_anatomy_term_uses_the_segmentor_without_training_it(volumes):
     assert "anatomy_dice" in terms and 0.0 <= terms["anatomy_dice"] <= 1.0
     for k, v in seg.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_residual_trust_ignores_pixels_that_registration_could_not_match(volumes):
+    reg, _ = _nets()
+    pairs = PairSampler(volumes, radius=3).same_volume_pairs()[:4]
+    batch = registration_batch(volumes, pairs, ignore_index=5, device=torch.device("cpu"))
+    strict = propagate(reg, batch, num_classes=5, ignore_index=5, trust=("residual",), trust_residual=0.05)
+    loose = propagate(reg, batch, num_classes=5, ignore_index=5, trust=("residual",), trust_residual=2.0)
+    unknown_fixed = batch.fixed_label == 5
+    mismatch = ((strict.warped_images - batch.fixed).abs() > 0.05) & unknown_fixed
+    assert mismatch.any()
+    assert (strict.fixed_targets[mismatch] == 5).all()
+    assert torch.equal(loose.fixed_targets[unknown_fixed], loose.warped_labels[unknown_fixed])
+    assert torch.equal(strict.trust, torch.ones(4))
