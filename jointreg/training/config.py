@@ -159,6 +159,11 @@ class SegmentationConfig:
             image by more than ``trust_residual`` (intensities in [0, 1]) become ``ignore``;
             ``agreement``: once the segmentor is warm, pixels where it disagrees with the
             propagated label become ``ignore``. An empty list trusts every propagated pixel.
+        propagation_radius: slice radius of the propagated group (default: ``pairs.radius``);
+            the warped group always uses ``pairs.radius``.
+        foreground_within: beyond this slice distance only propagated *background* is used
+            (foreground becomes ``ignore``): far slices teach the segmentor where the structure
+            is not, without claiming where it is. ``None``: no limit.
     """
 
     enabled: bool = True
@@ -175,6 +180,8 @@ class SegmentationConfig:
     trust: tuple[Literal["distance", "residual", "agreement"], ...] = ("distance",)
     trust_decay: float = 0.15
     trust_residual: float = 0.15
+    propagation_radius: int | None = None
+    foreground_within: int | None = None
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
 
     def __post_init__(self):
@@ -185,6 +192,10 @@ class SegmentationConfig:
             propagated_weight=self.propagated_weight, trust_decay=self.trust_decay,
             trust_residual=self.trust_residual,
         )
+        if self.propagation_radius is not None and self.propagation_radius < 1:
+            raise ConfigError("segmentation.propagation_radius: must be >= 1")
+        if self.foreground_within is not None and self.foreground_within < 0:
+            raise ConfigError("segmentation.foreground_within: must be >= 0")
 
 
 @dataclass(frozen=True)

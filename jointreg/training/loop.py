@@ -558,8 +558,13 @@ def _run_plan(recipe, paths, data, nets, plan, state, logger, device, stop_after
                 data.train, radius=pairs_cfg.radius, cross_volume=pairs_cfg.cross_volume,
                 unannotated_moving=pairs_cfg.unannotated_moving, annotated_fixed=pairs_cfg.annotated_fixed,
             )
-            # Segmentation steps propagate labels within volumes, from annotated slices only.
-            propagation_sampler = PairSampler(data.train, radius=pairs_cfg.radius)
+            # Segmentation steps warp and propagate within volumes, from annotated slices only.
+            warp_sampler = PairSampler(data.train, radius=pairs_cfg.radius)
+            propagation_radius = recipe.segmentation.propagation_radius or pairs_cfg.radius
+            propagation_sampler = (
+                warp_sampler if propagation_radius == pairs_cfg.radius
+                else PairSampler(data.train, radius=propagation_radius)
+            )
         except ValueError as exc:
             raise InputError(data.dataset.root, str(exc)) from None
         reg_loss = RegistrationLoss(recipe.registration, num_classes=data.num_classes, ignore_index=data.ignore_index)
@@ -597,18 +602,28 @@ def _run_plan(recipe, paths, data, nets, plan, state, logger, device, stop_after
                 slots = _sample_labelled(data.train, cfg.batch_size, rng)
                 seeds = rng.integers(0, 2**31 - 1, size=len(slots)).tolist()
                 real = labelled_batch(data.train, slots, augment=augment, seeds=seeds, device=device)
-                propagated = None
-                if nets.registration is not None and (cfg.warped_weight > 0 or cfg.propagated_weight > 0):
-                    pairs = propagation_sampler.sample(max(1, cfg.batch_size // 2), rng)
-                    batch = registration_batch(data.train, pairs, ignore_index=data.ignore_index, device=device)
-                    propagated = propagate(
-                        nets.registration, batch, num_classes=data.num_classes, ignore_index=data.ignore_index,
-                        trust=tuple(cfg.trust), trust_decay=cfg.trust_decay, trust_residual=cfg.trust_residual,
-                        segmentor=nets.segmentor if seg_warm else None,
+                warped = propagated = None
+                if nets.registration is not None:
+                    derive = dict(
+                        num_classes=data.num_classes, ignore_index=data.ignore_index, trust=tuple(cfg.trust),
+                        trust_decay=cfg.trust_decay, trust_residual=cfg.trust_residual,
+                        foreground_within=cfg.foreground_within, segmentor=nets.segmentor if seg_warm else None,
                     )
+                    n_pairs = max(1, cfg.batch_size // 2)
+                    if cfg.warped_weight > 0:
+                        pairs = warp_sampler.sample(n_pairs, rng)
+                        batch = registration_batch(data.train, pairs, ignore_index=data.ignore_index, device=device)
+                        warped = propagate(nets.registration, batch, **derive)
+                    if cfg.propagated_weight > 0:
+                        if warped is not None and propagation_sampler is warp_sampler:
+                            propagated = warped
+                        else:
+                            pairs = propagation_sampler.sample(n_pairs, rng)
+                            batch = registration_batch(data.train, pairs, ignore_index=data.ignore_index, device=device)
+                            propagated = propagate(nets.registration, batch, **derive)
                 terms = segmentation_step(
                     nets.segmentor, nets.seg_optimizer, cfg, ignore_index=data.ignore_index,
-                    real=real, propagated=propagated, step=g,
+                    real=real, warped=warped, propagated=propagated, step=g,
                 )
                 nets.seg_scheduler.step()
                 state.segmentation_steps += 1

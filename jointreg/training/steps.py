@@ -159,6 +159,7 @@ def propagate(
     trust: tuple[str, ...] = ("distance",),
     trust_decay: float = 0.15,
     trust_residual: float = 0.15,
+    foreground_within: int | None = None,
     segmentor: torch.nn.Module | None = None,
 ) -> PropagatedBatch:
     """Warp moving slices and labels onto fixed slices and build trusted targets.
@@ -168,8 +169,8 @@ def propagate(
     :class:`~jointreg.training.config.SegmentationConfig`): ``distance`` weighs each sample by
     ``exp(-trust_decay · d)``; ``residual`` ignores pixels where ``|moving∘φ − fixed|`` exceeds
     ``trust_residual``; ``agreement`` (with a segmentor) ignores pixels where the segmentor's
-    prediction differs from the propagated label. The fixed slice's own labels, where known,
-    always win.
+    prediction differs from the propagated label. Beyond ``foreground_within`` slices only the
+    propagated background is kept. The fixed slice's own labels, where known, always win.
     """
     was_training = net.training
     net.eval()
@@ -178,6 +179,9 @@ def propagate(
     warped_labels = warp_labels(batch.moving_label, out.flow, num_classes, ignore_index=ignore_index)
     propagated = warped_labels.clone()
     unknown = torch.full_like(propagated, ignore_index)
+    if foreground_within is not None:
+        far = (batch.distance > foreground_within).view(-1, *([1] * (propagated.dim() - 1)))
+        propagated = torch.where(far & (propagated != 0), unknown, propagated)
     if "residual" in trust:
         mismatch = (out.warped - batch.fixed).abs() > trust_residual
         propagated = torch.where(mismatch, unknown, propagated)
@@ -202,19 +206,25 @@ def segmentation_step(
     *,
     ignore_index: int,
     real: tuple[torch.Tensor, torch.Tensor] | None = None,
+    warped: PropagatedBatch | None = None,
     propagated: PropagatedBatch | None = None,
     step: int = 0,
 ) -> dict[str, float]:
-    """One optimiser step of the segmentor on real and/or registration-derived samples."""
+    """One optimiser step of the segmentor on real and/or registration-derived samples.
+
+    Args:
+        real: annotated images and labels.
+        warped: its warped moving images and warped labels form the "warped" group.
+        propagated: its fixed images and trusted propagated targets form the "propagated" group.
+    """
     segmentor.train()
     groups: list[tuple[str, float, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
     if real is not None and config.real_weight > 0:
         groups.append(("real", config.real_weight, real[0], real[1], None))
-    if propagated is not None:
-        if config.warped_weight > 0:
-            groups.append(("warped", config.warped_weight, propagated.warped_images, propagated.warped_labels, None))
-        if config.propagated_weight > 0:
-            groups.append(("propagated", config.propagated_weight, propagated.fixed_images, propagated.fixed_targets, propagated.trust))
+    if warped is not None and config.warped_weight > 0:
+        groups.append(("warped", config.warped_weight, warped.warped_images, warped.warped_labels, None))
+    if propagated is not None and config.propagated_weight > 0:
+        groups.append(("propagated", config.propagated_weight, propagated.fixed_images, propagated.fixed_targets, propagated.trust))
     if not groups:
         return {}
     images = torch.cat([g[2] for g in groups])
@@ -238,5 +248,3 @@ def segmentation_step(
     result = {name: float(value.detach()) for name, value in terms.items()}
     result["total"] = float(total.detach())
     return result
-
-

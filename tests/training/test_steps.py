@@ -115,3 +115,17 @@ def test_residual_trust_ignores_pixels_that_registration_could_not_match(volumes
     assert (strict.fixed_targets[mismatch] == 5).all()
     assert torch.equal(loose.fixed_targets[unknown_fixed], loose.warped_labels[unknown_fixed])
     assert torch.equal(strict.trust, torch.ones(4))
+
+
+def test_foreground_within_keeps_only_background_on_far_slices(volumes):
+    reg, _ = _nets()
+    sampler = PairSampler(volumes, radius=8)
+    pairs = [p for p in sampler.same_volume_pairs() if p.distance in (1, 6)][:6]
+    batch = registration_batch(volumes, pairs, ignore_index=5, device=torch.device("cpu"))
+    out = propagate(reg, batch, num_classes=5, ignore_index=5, trust=(), foreground_within=2)
+    for i, pair in enumerate(pairs):
+        targets = out.fixed_targets[i]
+        if pair.distance > 2:
+            assert set(targets.unique().tolist()) <= {0, 5}
+        else:
+            assert torch.equal(targets, out.warped_labels[i])
