@@ -75,7 +75,8 @@ class PairConfig:
     Attributes:
         radius: a fixed slice lies within this many slices of its (annotated) moving slice.
         cross_volume: probability that a pair's fixed slice comes from another volume (at the
-            same relative position in the organ extent, within the radius).
+            same relative position along the slicing axis, within the radius); used by
+            registration steps and by the segmentor's warped group, never for propagated labels.
         unannotated_moving: probability that the moving slice is an unannotated slice (image
             terms only; gives the registration net more pairs to learn from).
         annotated_fixed: probability that a registration pair joins two annotated slices of
@@ -161,9 +162,15 @@ class SegmentationConfig:
             propagated label become ``ignore``. An empty list trusts every propagated pixel.
         propagation_radius: slice radius of the propagated group (default: ``pairs.radius``);
             the warped group always uses ``pairs.radius``.
-        foreground_within: beyond this slice distance only propagated *background* is used
-            (foreground becomes ``ignore``): far slices teach the segmentor where the structure
-            is not, without claiming where it is. ``None``: no limit.
+        foreground_within: beyond this slice distance a propagated slice is used only as a
+            negative: when registration finds every structure absent there (see
+            ``absent_residual``) it becomes all background, otherwise it is ignored. Far
+            slices thus teach the segmentor where the structure is not, without claiming where
+            it is. ``None``: no limit.
+        absent_residual: a structure counts as absent from a fixed slice when the mean
+            ``|moving∘φ − fixed|`` (intensities in [0, 1]) inside its propagated region exceeds
+            this value: registration found nothing that looks like it; its pixels become
+            background. ``None``: never.
     """
 
     enabled: bool = True
@@ -182,6 +189,7 @@ class SegmentationConfig:
     trust_residual: float = 0.15
     propagation_radius: int | None = None
     foreground_within: int | None = None
+    absent_residual: float | None = None
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
 
     def __post_init__(self):

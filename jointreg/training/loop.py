@@ -559,10 +559,11 @@ def _run_plan(recipe, paths, data, nets, plan, state, logger, device, stop_after
                 unannotated_moving=pairs_cfg.unannotated_moving, annotated_fixed=pairs_cfg.annotated_fixed,
             )
             # Segmentation steps warp and propagate within volumes, from annotated slices only.
-            warp_sampler = PairSampler(data.train, radius=pairs_cfg.radius)
+            # Cross-volume pairs are valid for the warped group (image and label move together).
+            warp_sampler = PairSampler(data.train, radius=pairs_cfg.radius, cross_volume=pairs_cfg.cross_volume)
             propagation_radius = recipe.segmentation.propagation_radius or pairs_cfg.radius
             propagation_sampler = (
-                warp_sampler if propagation_radius == pairs_cfg.radius
+                warp_sampler if propagation_radius == pairs_cfg.radius and not pairs_cfg.cross_volume
                 else PairSampler(data.train, radius=propagation_radius)
             )
         except ValueError as exc:
@@ -607,7 +608,8 @@ def _run_plan(recipe, paths, data, nets, plan, state, logger, device, stop_after
                     derive = dict(
                         num_classes=data.num_classes, ignore_index=data.ignore_index, trust=tuple(cfg.trust),
                         trust_decay=cfg.trust_decay, trust_residual=cfg.trust_residual,
-                        foreground_within=cfg.foreground_within, segmentor=nets.segmentor if seg_warm else None,
+                        foreground_within=cfg.foreground_within, absent_residual=cfg.absent_residual,
+                        segmentor=nets.segmentor if seg_warm else None,
                     )
                     n_pairs = max(1, cfg.batch_size // 2)
                     if cfg.warped_weight > 0:

@@ -160,6 +160,7 @@ def propagate(
     trust_decay: float = 0.15,
     trust_residual: float = 0.15,
     foreground_within: int | None = None,
+    absent_residual: float | None = None,
     segmentor: torch.nn.Module | None = None,
 ) -> PropagatedBatch:
     """Warp moving slices and labels onto fixed slices and build trusted targets.
@@ -169,8 +170,11 @@ def propagate(
     :class:`~jointreg.training.config.SegmentationConfig`): ``distance`` weighs each sample by
     ``exp(-trust_decay · d)``; ``residual`` ignores pixels where ``|moving∘φ − fixed|`` exceeds
     ``trust_residual``; ``agreement`` (with a segmentor) ignores pixels where the segmentor's
-    prediction differs from the propagated label. Beyond ``foreground_within`` slices only the
-    propagated background is kept. The fixed slice's own labels, where known, always win.
+    prediction differs from the propagated label. With ``absent_residual``, a class whose
+    propagated region matches the fixed image poorly (mean residual above the threshold) is
+    absent from that slice and its pixels become background. Beyond ``foreground_within``
+    slices a sample is kept only when every class is absent (an all-background negative) and is
+    ignored otherwise. The fixed slice's own labels, where known, always win.
     """
     was_training = net.training
     net.eval()
@@ -179,12 +183,26 @@ def propagate(
     warped_labels = warp_labels(batch.moving_label, out.flow, num_classes, ignore_index=ignore_index)
     propagated = warped_labels.clone()
     unknown = torch.full_like(propagated, ignore_index)
-    if foreground_within is not None:
-        far = (batch.distance > foreground_within).view(-1, *([1] * (propagated.dim() - 1)))
-        propagated = torch.where(far & (propagated != 0), unknown, propagated)
+    residual = (out.warped - batch.fixed).abs().mean(1, keepdim=True)
+    broadcast = (-1, *([1] * (propagated.dim() - 1)))
+    if absent_residual is not None:
+        for c in range(1, num_classes):
+            region = propagated == c
+            area = region.flatten(1).sum(1)
+            mean = (residual * region).flatten(1).sum(1) / area.clamp_min(1)
+            absent = ((area > 0) & (mean > absent_residual)).view(broadcast)
+            propagated = torch.where(region & absent, torch.zeros_like(propagated), propagated)
+    # Whether a structure is still claimed, decided before pixel trust can hide it.
+    structure_left = ((propagated > 0) & (propagated != ignore_index)).flatten(1).any(1)
     if "residual" in trust:
-        mismatch = (out.warped - batch.fixed).abs() > trust_residual
-        propagated = torch.where(mismatch, unknown, propagated)
+        propagated = torch.where(residual > trust_residual, unknown, propagated)
+    if foreground_within is not None:
+        far = batch.distance > foreground_within
+        drop = (far & structure_left).view(broadcast)
+        negative = (far & ~structure_left).view(broadcast)
+        propagated = torch.where(drop, unknown, propagated)
+        # An all-background negative: registration found no structure on this far slice.
+        propagated = torch.where(negative & (propagated == ignore_index), torch.zeros_like(propagated), propagated)
     if "agreement" in trust and segmentor is not None:
         was = segmentor.training
         segmentor.eval()

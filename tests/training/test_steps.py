@@ -117,15 +117,23 @@ def test_residual_trust_ignores_pixels_that_registration_could_not_match(volumes
     assert torch.equal(strict.trust, torch.ones(4))
 
 
-def test_foreground_within_keeps_only_background_on_far_slices(volumes):
+def test_far_slices_become_negatives_only_where_registration_finds_nothing(volumes):
     reg, _ = _nets()
-    sampler = PairSampler(volumes, radius=8)
-    pairs = [p for p in sampler.same_volume_pairs() if p.distance in (1, 6)][:6]
+    sampler = PairSampler(volumes, radius=20)
+    pairs = [p for p in sampler.same_volume_pairs() if p.distance in (1, 14)][:8]
     batch = registration_batch(volumes, pairs, ignore_index=5, device=torch.device("cpu"))
-    out = propagate(reg, batch, num_classes=5, ignore_index=5, trust=(), foreground_within=2)
+    # Without the absence test, far slices that still carry the structure are ignored entirely.
+    kept = propagate(reg, batch, num_classes=5, ignore_index=5, trust=(), foreground_within=2)
     for i, pair in enumerate(pairs):
-        targets = out.fixed_targets[i]
         if pair.distance > 2:
-            assert set(targets.unique().tolist()) <= {0, 5}
+            assert (kept.fixed_targets[i] == 5).all()
         else:
-            assert torch.equal(targets, out.warped_labels[i])
+            assert torch.equal(kept.fixed_targets[i], kept.warped_labels[i])
+    # With a threshold of 0 every structure is "absent": far slices become all-background negatives.
+    negatives = propagate(reg, batch, num_classes=5, ignore_index=5, trust=(), foreground_within=2, absent_residual=0.0)
+    for i, pair in enumerate(pairs):
+        if pair.distance > 2:
+            assert (negatives.fixed_targets[i] == 0).all()
+    # A huge threshold never declares absence.
+    same = propagate(reg, batch, num_classes=5, ignore_index=5, trust=(), absent_residual=1e9)
+    assert torch.equal(same.fixed_targets, same.warped_labels)
