@@ -17,6 +17,30 @@ Memory: on CPU the peak resident-set growth (psutil, sampled every millisecond i
 untimed pass) over the RSS before the pass; on CUDA the peak of ``torch.cuda.max_memory_allocated``
 over what was allocated before. Timings on a shared machine vary ±20–30 %: compare figures of the
 same run, and look at ``conditions.load_average``.
+
+Part ``accuracy``: trains every architecture with the shipped registration-only recipes
+(``recipes/registration_liver_phantom.yaml``, ``recipes/registration_chaos_t2.yaml``; fewer steps,
+``--steps``) through :func:`jointreg.training.loop.train`, then evaluates on held-out test volumes:
+
+* the FIELD.md protocol at the SOURCE resolution, through ``jointreg register``'s library path
+  (:func:`jointreg.inference.register.register_volumes`): in each test volume the slice with the
+  largest liver area is the moving slice, every slice with liver or within ±6 slices of it is a
+  fixed slice; liver Dice of the warped label (one-hot + linear + argmax) against the fixed
+  slice's label, next to copying the label (identity); NCC, % folding and SDlogJ of each pair
+  on the model grid;
+* the training loop's own test evaluation (:func:`jointreg.inference.evaluation.
+  evaluate_registration_on_volumes`: fixed slices within ±radius only, on the training grid).
+
+Data: a liver-CT phantom generated on the fly (``--phantom-cases`` training + 4 test volumes,
+seed 0) and ``DATA/chaos_t2`` converted with ``data_tools`` paired-nifti into ``--work`` (liver
+only; test volumes 10, 13, 15, 19, 20, as FIELD.md's VoxelMorph experiment); each run holds one
+training volume out for model selection. ``identity`` needs no training. On a quiet 2-core CPU
+one model trains 800 steps (64², batch 8) in about a minute; the whole part takes ~15 min. Run::
+
+    .venv/bin/python benchmarks/registration.py --part accuracy --threads 2 \
+        [--data ../shared/data] [--datasets phantom,chaos] [--steps 800] [--work DIR] \
+        [--accuracy-models identity,voxelmorph,fmirnet-1,fmirnet-2,fmirnet,fmirnet-diff] \
+        [--out results/registration_benchmark.json]   # also writes the .md next to it
 """
 
 from __future__ import annotations
@@ -269,7 +293,254 @@ def run_speed(args: argparse.Namespace) -> dict:
     }
 
 
-PARTS = {"speed": run_speed}  # the accuracy part joins here
+
+# --------------------------------------------------------------------------------------------
+# accuracy
+# --------------------------------------------------------------------------------------------
+ACCURACY_MODELS = ["identity", "voxelmorph", "fmirnet-1", "fmirnet-2", "fmirnet", "fmirnet-diff"]
+ACCURACY_DATASETS = ["phantom", "chaos"]
+CHAOS_TEST = ("10", "13", "15", "19", "20")
+LIVER = 1
+RECIPES = {"phantom": "registration_liver_phantom.yaml", "chaos": "registration_chaos_t2.yaml"}
+
+
+def prepare_dataset(name: str, args: argparse.Namespace) -> Path | None:
+    """The canonical dataset of one benchmark setting in ``args.work`` (``None``: no data)."""
+    if name == "phantom":
+        from jointreg.data.phantoms import generate_phantom_dataset
+
+        return generate_phantom_dataset(
+            args.work / "liver_phantom", "liver-ct", n_train=args.phantom_cases, n_test=4, seed=0, overwrite=True
+        )
+    source = args.data / "chaos_t2"
+    if not source.is_dir():
+        return None
+    from data_tools._common import LabelMap
+    from data_tools.paired_nifti import convert_paired_nifti
+
+    return convert_paired_nifti(
+        str(source / "image_*.nii.gz"), args.work / "chaos_t2", modality="T2", labels=str(source / "label_*.nii.gz"),
+        label_map=LabelMap.parse(["1=liver:1"]), unmapped="background", case_prefix="chaos_",
+        test_cases=CHAOS_TEST, overwrite=True,
+    )
+
+
+def accuracy_overrides(setting: str, architecture: str, dataset: Path, args: argparse.Namespace) -> list[str]:
+    """``--set`` overrides applied to the shipped recipe of ``setting`` (recorded in the JSON)."""
+    rounds = max(1, args.rounds)
+    return [
+        f"name={setting}_{architecture}",
+        f"seed={args.seed}",
+        f"output={args.work / 'runs'}",
+        f"data.dataset={dataset}",
+        "data.validation_count=1",
+        f"registration.architecture={architecture}",
+        "schedule.registration_warmup=0",
+        f"schedule.rounds={rounds}",
+        f"schedule.registration_steps={max(1, -(-args.steps // rounds))}",
+        f"device={args.device}",
+        f"threads={torch.get_num_threads()}",
+        "logging.tensorboard=false",
+        "logging.image_every=0",
+        "logging.progress=false",
+        "evaluation.write_predictions=false",
+        *args.set,
+    ]
+
+
+def _dice(a: "np.ndarray", b: "np.ndarray") -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
+
+
+def field_protocol(model, dataset: Path, radius: int = 6) -> dict:
+    """FIELD.md's slice-propagation protocol on the test split, at the source resolution.
+
+    ``model`` is a loaded registration model folder, or ``None`` for the identity (copying the
+    label). Returns per-pair means and standard deviations and per-volume means.
+    """
+    import numpy as np
+
+    from jointreg.data.dataset import Dataset
+    from jointreg.inference.register import register_volumes
+
+    ds = Dataset.open(dataset)
+    rows = []
+    for case in ds.cases("Ts"):
+        image, label = ds.read_image(case, "Ts"), ds.read_label(case, "Ts")
+        liver = label.array == LIVER
+        area = liver.sum(axis=(0, 1))  # slices along axis 2 (the through-plane axis of both data sets)
+        moving = int(area.argmax())
+        fixed = [f for f in range(image.shape[2]) if f != moving and (area[f] > 0 or abs(f - moving) <= radius)]
+        result = None
+        if model is not None:
+            result = register_volumes(model, image, image, moving_labels=label, slice_map=[(moving, f) for f in fixed], axis=2)
+        for k, f in enumerate(fixed):
+            truth = liver[:, :, f]
+            row = {"case": case, "moving": moving, "fixed": f, "identity_dice": _dice(liver[:, :, moving], truth)}
+            if result is not None:
+                pair = result.pairs[k]
+                row.update(
+                    dice=_dice(result.warped_labels[:, :, f] == LIVER, truth), ncc=pair["ncc"],
+                    identity_ncc=pair["identity_ncc"], folding_percent=pair["folding_percent"], sdlogj=pair["sdlogj"],
+                )
+            else:
+                row["dice"] = row["identity_dice"]
+            rows.append(row)
+    metrics = [k for k in ("dice", "identity_dice", "ncc", "identity_ncc", "folding_percent", "sdlogj") if k in rows[0]]
+    out = {"pairs": len(rows), "volumes": len({r["case"] for r in rows})}
+    for key in metrics:
+        values = np.array([r[key] for r in rows], float)
+        out[key] = round(float(values.mean()), 4)
+        out[f"{key}_std"] = round(float(values.std()), 4)
+    if model is not None:
+        from scipy.stats import wilcoxon
+
+        gain = np.array([r["dice"] - r["identity_dice"] for r in rows])
+        out["dice_gain_over_identity"] = round(float(gain.mean()), 4)
+        out["pairs_improved"] = int((gain > 0).sum())
+        out["pairs_worse"] = int((gain < 0).sum())
+        # Paired two-sided Wilcoxon signed-rank test of Dice against copying the label.
+        out["wilcoxon_p"] = float(wilcoxon(gain).pvalue) if np.any(gain != 0) else 1.0
+    out["per_volume_dice"] = {
+        c: round(float(np.mean([r["dice"] for r in rows if r["case"] == c])), 4) for c in sorted({r["case"] for r in rows})
+    }
+    return out
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far: on a shared machine, wall time divided by
+    the load; CPU time is what a quiet machine would need (roughly, ÷ threads for wall time)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def accuracy_setting(setting: str, args: argparse.Namespace) -> dict:
+    """Train and evaluate every model of ``args.accuracy_models`` on one data set."""
+    from jointreg.export.model_folder import load_model_folder
+    from jointreg.training.config import load_recipe
+    from jointreg.training.loop import train
+
+    started, started_cpu = time.perf_counter(), cpu_seconds()
+    dataset = prepare_dataset(setting, args)
+    if dataset is None:
+        return {"skipped": f"{args.data / 'chaos_t2'} not found"}
+    report: dict = {"dataset": str(dataset), "prepare_seconds": round(time.perf_counter() - started, 1), "models": {}}
+    recipe_path = REPO / "recipes" / RECIPES[setting]
+    for name in args.accuracy_models:
+        print(f"  accuracy: {setting} / {name} ...", file=sys.stderr, flush=True)
+        if name == "identity":
+            t0 = time.perf_counter()
+            report["models"][name] = {"field_protocol": field_protocol(None, dataset), "eval_seconds": round(time.perf_counter() - t0, 1)}
+            continue
+        overrides = accuracy_overrides(setting, name, dataset, args)
+        recipe = load_recipe(recipe_path, overrides)
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        summary = train(recipe, overwrite=True, progress=False)
+        train_wall, train_cpu = time.perf_counter() - t0, cpu_seconds() - c0
+        model = load_model_folder(summary["exported"]["registration"], device=resolve_device(args.device))
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        field = field_protocol(model, dataset, radius=recipe.pairs.radius)
+        report["models"][name] = {
+            "recipe": str(recipe_path.relative_to(REPO)),
+            "overrides": overrides,
+            "parameters": sum(p.numel() for p in model.model.parameters()),
+            "steps": summary["registration_steps"],
+            "best_step": summary["best_step"],
+            "best_validation_dice": summary["best_validation"],
+            "train_wall_seconds": round(train_wall, 1),
+            "train_cpu_seconds": round(train_cpu, 1),
+            "field_protocol": field,
+            "eval_seconds": round(time.perf_counter() - t0, 1),
+            "eval_cpu_seconds": round(cpu_seconds() - c0, 1),
+            "loop_evaluation_radius": summary.get("evaluation", {}).get("registration"),
+        }
+    report["wall_seconds"] = round(time.perf_counter() - started, 1)
+    report["cpu_seconds"] = round(cpu_seconds() - started_cpu, 1)
+    return report
+
+
+def run_accuracy(args: argparse.Namespace) -> dict:
+    import tempfile
+
+    cleanup = None
+    if args.work is None:
+        cleanup = tempfile.TemporaryDirectory(prefix="jointreg-regbench-")
+        args.work = Path(cleanup.name)
+    try:
+        results = {name: accuracy_setting(name, args) for name in args.datasets}
+    finally:
+        if cleanup is not None:
+            cleanup.cleanup()
+            args.work = None
+    return {"protocol": "FIELD.md (moving = largest-liver slice; fixed = liver slices or within ±6); source resolution",
+            "steps": args.steps, "settings": results}
+
+
+def accuracy_markdown(report: dict, command: str) -> str:
+    """The accuracy tables (and the speed summary, when present) as Markdown."""
+    lines = ["# Registration benchmark", ""]
+    conditions = report.get("conditions", {})
+    lines += [
+        f"Command (repository root): `{command}`", "",
+        f"Machine: {conditions.get('cpu_count')} CPUs, {conditions.get('threads')} torch threads, "
+        f"device {conditions.get('device')}, torch {conditions.get('torch')}; load average "
+        f"{conditions.get('load_average_start')} at the start, {conditions.get('load_average_end')} at the end "
+        f"({conditions.get('time')}).", "",
+    ]
+    accuracy = report.get("accuracy")
+    if accuracy:
+        lines += [
+            "## Accuracy on held-out volumes", "",
+            f"Protocol: {accuracy['protocol']}. Dice: liver, mean ± std over pairs; NCC, folding and SDlogJ "
+            f"on the model grid. Training: {accuracy['steps']} steps per model (shipped recipe, see overrides in the JSON).", "",
+        ]
+        for setting, result in accuracy["settings"].items():
+            lines.append(f"### {setting}")
+            lines.append("")
+            if "skipped" in result:
+                lines += [f"skipped: {result['skipped']}", ""]
+                continue
+            lines += [
+                "| model | parameters | liver Dice | Δ vs identity (pairs better/worse, Wilcoxon p) | NCC (identity → warped) | folding % | SDlogJ | loop eval Dice ±6 (identity) | train s | eval s |",
+                "|---|---|---|---|---|---|---|---|---|---|",
+            ]
+            identity = None
+            for name, row in result["models"].items():
+                f = row["field_protocol"]
+                if name == "identity":
+                    identity = f["dice"]
+            for name, row in result["models"].items():
+                f = row["field_protocol"]
+                delta = "–"
+                if identity is not None and name != "identity":
+                    delta = f"{f['dice'] - identity:+.3f} ({f['pairs_improved']}/{f['pairs_worse']}, p = {f['wilcoxon_p']:.1g})"
+                ncc = f"{f['identity_ncc']:.3f} → {f['ncc']:.3f}" if "ncc" in f else "–"
+                loop = row.get("loop_evaluation_radius") or {}
+                loop_text = f"{loop['label_dice']:.3f} ({loop['identity_dice']:.3f})" if loop.get("label_dice") is not None else "–"
+                lines.append(
+                    f"| {name} | {row.get('parameters', 0):,} | {f['dice']:.3f} ± {f['dice_std']:.3f} | {delta} | {ncc} | "
+                    f"{f.get('folding_percent', 0.0):.3f} | {f.get('sdlogj', 0.0):.3f} | {loop_text} | "
+                    f"{row.get('train_wall_seconds', 0):.0f} | {row.get('eval_seconds', 0):.0f} |"
+                )
+            pairs = next(iter(result["models"].values()))["field_protocol"]
+            lines += ["", f"{pairs['pairs']} pairs in {pairs['volumes']} test volumes; data set {result['dataset']}; "
+                      f"wall time {result['wall_seconds']:.0f} s, CPU time {result['cpu_seconds']:.0f} s.", ""]
+    speed = report.get("speed")
+    if speed:
+        lines += ["## Speed (pairs/s, forward pass + image warp)", "",
+                  "| model | size | batch 1 | best batch | best pairs/s | peak MiB (batch 1) |", "|---|---|---|---|---|---|"]
+        for model, sizes in speed["summary"].items():
+            for size, row in sizes.items():
+                lines.append(f"| {model} | {size} | {row['batch1_pairs_per_s']} | {row['best_batch']} | "
+                             f"{row['best_pairs_per_s']} | {row['batch1_peak_memory_mb']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+PARTS = {"speed": run_speed, "accuracy": run_accuracy}
 
 
 def conditions(args: argparse.Namespace) -> dict:
@@ -283,6 +554,7 @@ def conditions(args: argparse.Namespace) -> dict:
         "processor": platform.processor() or platform.machine(),
         "load_average_start": [round(v, 2) for v in load] if load else None,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "command": " ".join([".venv/bin/python", "benchmarks/registration.py", *sys.argv[1:]]),
     }
     if torch.cuda.is_available() and info["device"].startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(0)
@@ -300,7 +572,20 @@ def main(argv: list[str] | None = None) -> int:
                         default=[parse_size(s) for s in DEFAULT_SIZES])
     parser.add_argument("--no-yardstick", action="store_true", help="skip the plain residual UNet")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory figures")
-    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data",
+                        help="folder holding chaos_t2/ (accuracy part; default ../shared/data)")
+    parser.add_argument("--datasets", type=lambda v: v.split(","), default=ACCURACY_DATASETS,
+                        help="accuracy data sets: phantom,chaos")
+    parser.add_argument("--accuracy-models", type=lambda v: v.split(","), default=ACCURACY_MODELS,
+                        help="accuracy: identity and registry names")
+    parser.add_argument("--steps", type=int, default=800, help="accuracy: training steps per model")
+    parser.add_argument("--rounds", type=int, default=4, help="accuracy: validations (model selection) per run")
+    parser.add_argument("--phantom-cases", type=int, default=8, help="accuracy: phantom training volumes (+4 test)")
+    parser.add_argument("--seed", type=int, default=0, help="accuracy: recipe seed")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="accuracy: extra recipe override for every model (repeatable)")
+    parser.add_argument("--work", type=Path, default=None, help="accuracy: keep data sets and runs here (default: a temporary folder)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here (and, with the accuracy part, a .md beside it)")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_probe is not None:
@@ -319,6 +604,8 @@ def main(argv: list[str] | None = None) -> int:
         from jointreg.utils.atomic import write_text
 
         write_text(args.out, text + "\n")
+        if "accuracy" in report:
+            write_text(args.out.with_suffix(".md"), accuracy_markdown(report, report["conditions"]["command"]) + "\n")
     return 0
 
 
