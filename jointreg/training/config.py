@@ -170,7 +170,8 @@ class SegmentationConfig:
         absent_residual: a structure counts as absent from a fixed slice when the mean
             ``|moving∘φ − fixed|`` (intensities in [0, 1]) inside its propagated region exceeds
             this value: registration found nothing that looks like it; its pixels become
-            background. ``None``: never.
+            background. With ``foreground_within`` set, decided only beyond it (near an
+            annotated slice a poor match is a poor warp, not a missing organ). ``None``: never.
     """
 
     enabled: bool = True

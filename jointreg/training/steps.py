@@ -172,7 +172,8 @@ def propagate(
     ``trust_residual``; ``agreement`` (with a segmentor) ignores pixels where the segmentor's
     prediction differs from the propagated label. With ``absent_residual``, a class whose
     propagated region matches the fixed image poorly (mean residual above the threshold) is
-    absent from that slice and its pixels become background. Beyond ``foreground_within``
+    absent from that slice and its pixels become background (only beyond ``foreground_within``
+    when that is set). Beyond ``foreground_within``
     slices a sample is kept only when every class is absent (an all-background negative) and is
     ignored otherwise. The fixed slice's own labels, where known, always win.
     """
@@ -185,12 +186,15 @@ def propagate(
     unknown = torch.full_like(propagated, ignore_index)
     residual = (out.warped - batch.fixed).abs().mean(1, keepdim=True)
     broadcast = (-1, *([1] * (propagated.dim() - 1)))
+    # Absence is only decided beyond foreground_within (when set): near an annotated slice a
+    # poor match means a poor warp, not a missing organ, and erasing it teaches under-segmentation.
+    may_be_absent = batch.distance > foreground_within if foreground_within is not None else torch.ones_like(batch.distance, dtype=torch.bool)
     if absent_residual is not None:
         for c in range(1, num_classes):
             region = propagated == c
             area = region.flatten(1).sum(1)
             mean = (residual * region).flatten(1).sum(1) / area.clamp_min(1)
-            absent = ((area > 0) & (mean > absent_residual)).view(broadcast)
+            absent = ((area > 0) & (mean > absent_residual) & may_be_absent).view(broadcast)
             propagated = torch.where(region & absent, torch.zeros_like(propagated), propagated)
     # Whether a structure is still claimed, decided before pixel trust can hide it.
     structure_left = ((propagated > 0) & (propagated != ignore_index)).flatten(1).any(1)

@@ -134,6 +134,11 @@ def test_far_slices_become_negatives_only_where_registration_finds_nothing(volum
     for i, pair in enumerate(pairs):
         if pair.distance > 2:
             assert (negatives.fixed_targets[i] == 0).all()
+        else:  # near slices are never declared empty: a poor match there is a poor warp
+            assert torch.equal(negatives.fixed_targets[i], negatives.warped_labels[i])
+    # Without foreground_within, absence applies at any distance.
+    anywhere = propagate(reg, batch, num_classes=5, ignore_index=5, trust=(), absent_residual=0.0)
+    assert (anywhere.fixed_targets[anywhere.warped_labels != 5] == 0).all()
     # A huge threshold never declares absence.
     same = propagate(reg, batch, num_classes=5, ignore_index=5, trust=(), absent_residual=1e9)
     assert torch.equal(same.fixed_targets, same.warped_labels)
