@@ -469,6 +469,7 @@ def run_accuracy(args: argparse.Namespace) -> dict:
     if args.work is None:
         cleanup = tempfile.TemporaryDirectory(prefix="jointreg-regbench-")
         args.work = Path(cleanup.name)
+    args.work_used = args.work
     try:
         results = {name: accuracy_setting(name, args) for name in args.datasets}
     finally:
@@ -598,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
             report[part] = fn(args)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     report["conditions"]["load_average_end"] = [round(v, 2) for v in load] if load else None
+    report = portable(report, args)
     text = json.dumps(report, indent=2)
     print(text)
     if args.out is not None:
@@ -607,6 +609,22 @@ def main(argv: list[str] | None = None) -> int:
         if "accuracy" in report:
             write_text(args.out.with_suffix(".md"), accuracy_markdown(report, report["conditions"]["command"]) + "\n")
     return 0
+
+
+def portable(report: dict, args: argparse.Namespace) -> dict:
+    """The report with this machine's folders named generically: the work folder as ``WORK``,
+    the data folder as ``DATA``, the repository as relative paths (results are committed)."""
+    replacements = [(str(REPO) + os.sep, ""), (str(REPO), ".")]
+    work = getattr(args, "work_used", None)
+    if work is not None:
+        replacements.insert(0, (str(Path(work).resolve()), "WORK"))
+        replacements.insert(0, (str(work), "WORK"))
+    replacements.insert(0, (str(args.data), "DATA"))
+    text = json.dumps(report)
+    for old, new in replacements:
+        if old not in ("", "."):
+            text = text.replace(json.dumps(old)[1:-1], json.dumps(new)[1:-1])
+    return json.loads(text)
 
 
 if __name__ == "__main__":
