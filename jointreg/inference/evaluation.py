@@ -50,7 +50,7 @@ def evaluate_segmentor_on_volumes(
     from jointreg.metrics import evaluate_arrays, summarize, write_report
 
     cases = []
-    for volume in tqdm(volumes, desc="evaluate", disable=not progress, unit="case"):
+    for volume in tqdm(volumes, desc="evaluate", disable=None if progress else True, unit="case"):
         prediction, _ = segment_sliced_volume(segmentor, volume)
         if predictions_dir is not None:
             write_volume(predictions_dir / f"{volume.case}{dataset.spec.file_ending}", prediction,

@@ -577,7 +577,7 @@ def _run_plan(recipe, paths, data, nets, plan, state, logger, device, stop_after
     seg_warm_after = recipe.schedule.segmentation_warmup
     last_terms: dict[str, float] = {}
     started = time.perf_counter() - state.elapsed
-    bar = tqdm(total=total, initial=state.step, desc=recipe.name, disable=not show_progress, unit="step", dynamic_ncols=True)
+    bar = tqdm(total=total, initial=state.step, desc=recipe.name, disable=None if show_progress else True, unit="step", dynamic_ncols=True)
     try:
         while state.step < total:
             if stop_after is not None and state.step >= stop_after:
