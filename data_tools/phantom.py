@@ -14,7 +14,7 @@ imagesTs/labelsTs. --shape alone keeps the kind's field of view (coarser or fine
 Examples:
   jointreg prepare phantom --kind liver-ct --out data/liver_phantom
   jointreg prepare phantom --kind cardiac-mr --cases 20 --test-cases 5 --seed 7 --out data/heart
-  jointreg prepare phantom --kind liver-ct --shape 64 64 22 --cases 4 --test-cases 0 --out /tmp/tiny
+  jointreg prepare phantom --kind liver-ct --shape 64 64 22 --cases 4 --test-cases 0 --out data/tiny
 """
 
 from __future__ import annotations
