@@ -348,11 +348,6 @@ def accuracy_overrides(setting: str, architecture: str, dataset: Path, args: arg
     ]
 
 
-def _dice(a: "np.ndarray", b: "np.ndarray") -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
-
-
 def field_protocol(model, dataset: Path, radius: int = 6) -> dict:
     """FIELD.md's slice-propagation protocol on the test split, at the source resolution.
 
@@ -363,6 +358,7 @@ def field_protocol(model, dataset: Path, radius: int = 6) -> dict:
 
     from jointreg.data.dataset import Dataset
     from jointreg.inference.register import register_volumes
+    from jointreg.metrics.overlap import dice
 
     ds = Dataset.open(dataset)
     rows = []
@@ -377,11 +373,11 @@ def field_protocol(model, dataset: Path, radius: int = 6) -> dict:
             result = register_volumes(model, image, image, moving_labels=label, slice_map=[(moving, f) for f in fixed], axis=2)
         for k, f in enumerate(fixed):
             truth = liver[:, :, f]
-            row = {"case": case, "moving": moving, "fixed": f, "identity_dice": _dice(liver[:, :, moving], truth)}
+            row = {"case": case, "moving": moving, "fixed": f, "identity_dice": dice(liver[:, :, moving], truth)}
             if result is not None:
                 pair = result.pairs[k]
                 row.update(
-                    dice=_dice(result.warped_labels[:, :, f] == LIVER, truth), ncc=pair["ncc"],
+                    dice=dice(result.warped_labels[:, :, f] == LIVER, truth), ncc=pair["ncc"],
                     identity_ncc=pair["identity_ncc"], folding_percent=pair["folding_percent"], sdlogj=pair["sdlogj"],
                 )
             else:

@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from jointreg.cli._options import add_inference_options
+
 NAME = "pseudolabel"
 HELP = "write complete pseudo-labels for a sparse dataset (resumable, parallel)"
 ORDER = 75
@@ -39,8 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source-slices", type=int, default=1, metavar="K",
                         help="annotated source slices per side for direct propagation (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="pairs/slices per forward pass (default: %(default)s)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    add_inference_options(parser, batch_unit="pairs/slices")
     parser.add_argument("--overwrite", action="store_true", help="start over in an existing pseudolabel output")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

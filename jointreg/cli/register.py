@@ -28,6 +28,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from jointreg.cli._options import add_inference_options
+
 NAME = "register"
 HELP = "warp a moving image (and its labels) onto a fixed image with a registration model"
 ORDER = 45
@@ -49,17 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nearest", action="store_true", help="warp labels by nearest neighbour (default: one-hot + linear + argmax)")
     parser.add_argument("--field", choices=FIELD_FORMATS, default="ants",
                         help="displacement field format (default ants: mm, LPS, 5D vector NIfTI)")
-    parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="slice pairs per forward pass (default 16)")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    add_inference_options(parser, batch_unit="slice pairs")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
 
 
 def run(args: argparse.Namespace) -> int:
-    from jointreg.errors import ConfigError
     from jointreg.inference.register import parse_slice_map, register_files
 
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     slice_map = parse_slice_map(args.slice_map) if args.slice_map else None
     summary = register_files(
         args.model, args.moving, args.fixed, args.out, labels=args.labels, slice_map=slice_map,

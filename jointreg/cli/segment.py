@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from jointreg.cli._options import add_inference_options
+
 NAME = "segment"
 HELP = "segment NIfTI volumes with a trained segmentor (labels keep the input geometry)"
 ORDER = 70
@@ -30,8 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="NIfTI files, folders of them, or dataset folders")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder for {case}.nii.gz")
     parser.add_argument("--probabilities", action="store_true", help="also write class probabilities (4D float NIfTI)")
-    parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="slices per forward pass (default: %(default)s)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    add_inference_options(parser, batch_unit="slices")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -724,7 +724,7 @@ def register_files(
         loaded, moving_volume, fixed_volume, moving_labels=label_volume, slice_map=slice_map, axis=axis,
         label_mode=label_mode, batch_size=batch_size,
     )
-    registered_slices = sorted({p["fixed"] for p in result.pairs})
+    registered_slices = {p["fixed"] for p in result.pairs}
     unregistered = []
     if result.axis is not None and not result.registered.all():
         n = fixed_volume.shape[result.axis] if result.inserted_axis is None else 1

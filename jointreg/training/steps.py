@@ -186,10 +186,10 @@ def propagate(
     unknown = torch.full_like(propagated, ignore_index)
     residual = (out.warped - batch.fixed).abs().mean(1, keepdim=True)
     broadcast = (-1, *([1] * (propagated.dim() - 1)))
-    # Absence is only decided beyond foreground_within (when set): near an annotated slice a
-    # poor match means a poor warp, not a missing organ, and erasing it teaches under-segmentation.
-    may_be_absent = batch.distance > foreground_within if foreground_within is not None else torch.ones_like(batch.distance, dtype=torch.bool)
     if absent_residual is not None:
+        # Absence is only decided beyond foreground_within (when set): near an annotated slice a
+        # poor match means a poor warp, not a missing organ; erasing it teaches under-segmentation.
+        may_be_absent = batch.distance > (foreground_within if foreground_within is not None else -1)
         for c in range(1, num_classes):
             region = propagated == c
             area = region.flatten(1).sum(1)

@@ -120,3 +120,21 @@ def test_bad_model_folders(pair, tmp_path, capsys):
     assert main(["register", "--model", str(nan), str(moving), str(fixed), "--out", str(out)]) == 2
     assert "NaN or infinite displacements" in _error(capsys) and not out.exists()
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("command", ["register", "segment", "pseudolabel"])
+def test_batch_size_must_be_positive(command, tmp_path, capsys):
+    # Shared inference options: argparse rejects the value before anything is read.
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0 and "--batch-size N" in capsys.readouterr().out
+    argv = {
+        "register": ["register", "--model", "m", "a.nii.gz", "b.nii.gz", "--out", str(tmp_path / "o")],
+        "segment": ["segment", "--model", "m", "a.nii.gz", "--out", str(tmp_path / "o")],
+        "pseudolabel": ["pseudolabel", "--run", "r", "--dataset", "d", "--out", str(tmp_path / "o")],
+    }[command]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--batch-size", "0"])
+    assert exit_info.value.code == 2
+    assert "--batch-size: must be >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
