@@ -609,6 +609,7 @@ def _run_plan(recipe, paths, data, nets, plan, state, logger, device, stop_after
                         num_classes=data.num_classes, ignore_index=data.ignore_index, trust=tuple(cfg.trust),
                         trust_decay=cfg.trust_decay, trust_residual=cfg.trust_residual,
                         foreground_within=cfg.foreground_within, absent_residual=cfg.absent_residual,
+                        background_margin=cfg.background_margin, appearance_percentiles=cfg.appearance_percentiles,
                         segmentor=nets.segmentor if seg_warm else None,
                     )
                     n_pairs = max(1, cfg.batch_size // 2)

@@ -149,6 +149,65 @@ class PropagatedBatch:
     trust: torch.Tensor
 
 
+def _dilate(mask: torch.Tensor, margin: int) -> torch.Tensor:
+    """Binary dilation of a ``(B, 1, *S)`` mask by a ``(2·margin + 1)``-wide square/cube."""
+    if margin <= 0:
+        return mask
+    pool = torch.nn.functional.max_pool3d if mask.dim() == 5 else torch.nn.functional.max_pool2d
+    return pool(mask.float(), kernel_size=2 * margin + 1, stride=1, padding=margin) > 0
+
+
+def _intensity_ranges(
+    images: torch.Tensor, labels: torch.Tensor, num_classes: int, percentiles: tuple[float, float]
+) -> torch.Tensor:
+    """``(B, K, 2)`` low/high intensity percentiles of each class in each (annotated) image."""
+    q = torch.tensor([percentiles[0] / 100.0, percentiles[1] / 100.0], dtype=images.dtype, device=images.device)
+    ranges = torch.full((images.shape[0], num_classes, 2), float("nan"), dtype=images.dtype, device=images.device)
+    for b in range(images.shape[0]):
+        for c in range(1, num_classes):
+            values = images[b][labels[b] == c]
+            if values.numel():
+                ranges[b, c] = torch.quantile(values.float(), q).to(images.dtype)
+    return ranges
+
+
+def _background_beyond(
+    propagated: torch.Tensor, distance: torch.Tensor, *, margin: int, ignore_index: int,
+    foreground_within: int | None, fixed: torch.Tensor | None = None, ranges: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Background wherever no structure was propagated within ``margin`` pixels.
+
+    The propagated structures keep their label on slices within ``foreground_within`` (any
+    slice when ``None``) and are ignored beyond; the band of ``margin`` pixels around them is
+    ignored, since the fixed slice's own structure may extend past the registered one. With
+    ``fixed`` images and per-class intensity ``ranges`` (``(B, K, 2)``, NaN for a class the
+    moving slice lacks), a pixel of that zone is background too when its intensity lies outside
+    the range of every structure whose zone covers it: it cannot be any of them.
+    """
+    structure = (propagated > 0) & (propagated != ignore_index)
+    zone = _dilate(structure, margin)
+    unknown = torch.full_like(propagated, ignore_index)
+    if fixed is not None and ranges is not None:
+        compatible = torch.zeros_like(zone)
+        covered = torch.zeros_like(zone)
+        view = (-1, 1, *([1] * (propagated.dim() - 2)))
+        for c in range(1, ranges.shape[1]):
+            zone_c = _dilate(propagated == c, margin)
+            lo, hi = ranges[:, c, 0].view(view), ranges[:, c, 1].view(view)
+            inside = (fixed >= lo) & (fixed <= hi)  # NaN bounds compare False
+            compatible |= zone_c & inside
+            covered |= zone_c
+        zone = zone & ~(covered & ~compatible)
+    out = torch.where(zone, unknown, torch.zeros_like(propagated))
+    keep = structure
+    if foreground_within is not None:
+        near = (distance <= foreground_within).view(-1, *([1] * (propagated.dim() - 1)))
+        keep = structure & near
+    out = torch.where(keep, propagated, out)
+    # Outside the moving slice's field of view nothing is known.
+    return torch.where(propagated == ignore_index, unknown, out)
+
+
 @torch.no_grad()
 def propagate(
     net: torch.nn.Module,
@@ -162,6 +221,8 @@ def propagate(
     foreground_within: int | None = None,
     absent_residual: float | None = None,
     segmentor: torch.nn.Module | None = None,
+    background_margin: int | None = None,
+    appearance_percentiles: tuple[float, float] | None = None,
 ) -> PropagatedBatch:
     """Warp moving slices and labels onto fixed slices and build trusted targets.
 
@@ -175,7 +236,12 @@ def propagate(
     absent from that slice and its pixels become background (only beyond ``foreground_within``
     when that is set). Beyond ``foreground_within``
     slices a sample is kept only when every class is absent (an all-background negative) and is
-    ignored otherwise. The fixed slice's own labels, where known, always win.
+    ignored otherwise. With ``background_margin``, far slices are not dropped: every slice
+    yields background wherever the structures were ruled out, beyond the margin of their
+    propagated position or, with ``appearance_percentiles``, inside it where the intensity is
+    outside the structure's range on the moving slice (see :func:`_background_beyond`); the
+    structures themselves are kept only within ``foreground_within``. The fixed slice's own
+    labels, where known, always win.
     """
     was_training = net.training
     net.eval()
@@ -200,7 +266,7 @@ def propagate(
     structure_left = ((propagated > 0) & (propagated != ignore_index)).flatten(1).any(1)
     if "residual" in trust:
         propagated = torch.where(residual > trust_residual, unknown, propagated)
-    if foreground_within is not None:
+    if foreground_within is not None and background_margin is None:
         far = batch.distance > foreground_within
         drop = (far & structure_left).view(broadcast)
         negative = (far & ~structure_left).view(broadcast)
@@ -213,6 +279,14 @@ def propagate(
         predicted = segmentor(batch.fixed).argmax(1, keepdim=True)
         segmentor.train(was)
         propagated = torch.where(predicted != propagated, unknown, propagated)
+    if background_margin is not None:
+        ranges = None
+        if appearance_percentiles is not None:
+            ranges = _intensity_ranges(batch.moving, batch.moving_label, num_classes, appearance_percentiles)
+        propagated = _background_beyond(
+            propagated, batch.distance, margin=background_margin, ignore_index=ignore_index,
+            foreground_within=foreground_within, fixed=batch.fixed, ranges=ranges,
+        )
     targets = torch.where(batch.fixed_label != ignore_index, batch.fixed_label, propagated)
     if "distance" in trust:
         weights = torch.exp(-trust_decay * batch.distance)

@@ -49,6 +49,9 @@ def test_overrides_parse_values_as_yaml():
         ({"registration": {"lr": -1}}, r"registration.lr: must be > 0"),
         ({"pairs": {"cross_volume": 2}}, r"pairs.cross_volume: must be a probability"),
         ({"name": "a/b"}, "cannot be used as a run folder name"),
+        ({"segmentation": {"background_margin": -1}}, r"segmentation.background_margin: must be >= 0"),
+        ({"segmentation": {"background_margin": 2, "appearance_percentiles": [99, 1]}}, r"need 0 <= low < high <= 100"),
+        ({"segmentation": {"appearance_percentiles": [1, 99]}}, r"needs segmentation.background_margin"),
     ],
 )
 def test_bad_recipes_name_the_key(data, message):

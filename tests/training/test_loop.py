@@ -49,10 +49,14 @@ def test_joint_run_writes_a_complete_run_folder(tiny_recipe):
 @pytest.mark.slow
 def test_resume_is_exact(tiny_recipe, tmp_path):
     """Stopping after N steps and resuming gives the same weights as running straight through."""
-    straight = train(tiny_recipe(name="straight"))
-    stopped = train(tiny_recipe(name="resumed"), stop_after=6)
+    # The propagated group with registration-derived negatives is on, so its draws are covered too.
+    group = ("segmentation.propagated_weight=0.5", "segmentation.propagation_radius=64", "segmentation.trust=[]",
+             "segmentation.foreground_within=2", "segmentation.background_margin=2",
+             "segmentation.appearance_percentiles=[1, 99]")
+    straight = train(tiny_recipe(*group, name="straight"))
+    stopped = train(tiny_recipe(*group, name="resumed"), stop_after=6)
     assert stopped["status"] == "stopped" and stopped["step"] == 6
-    resumed = train(tiny_recipe(name="resumed"), run_dir=stopped["run"], resume=True)
+    resumed = train(tiny_recipe(*group, name="resumed"), run_dir=stopped["run"], resume=True)
     assert resumed["steps"] == straight["steps"]
     from safetensors.torch import load_file
 

@@ -142,3 +142,82 @@ def test_far_slices_become_negatives_only_where_registration_finds_nothing(volum
     # A huge threshold never declares absence.
     same = propagate(reg, batch, num_classes=5, ignore_index=5, trust=(), absent_residual=1e9)
     assert torch.equal(same.fixed_targets, same.warped_labels)
+
+
+def test_background_beyond_the_propagated_structure():
+    from jointreg.training.steps import _background_beyond
+
+    propagated = torch.zeros(2, 1, 12, 12, dtype=torch.int64)
+    propagated[:, :, 4:7, 4:7] = 1
+    propagated[:, :, 0, :] = 3  # outside the moving slice's field of view
+    distance = torch.tensor([1.0, 5.0])
+    out = _background_beyond(propagated, distance, margin=2, ignore_index=3, foreground_within=2)
+    structure = torch.zeros(12, 12, dtype=torch.bool)
+    structure[4:7, 4:7] = True
+    zone = torch.zeros(12, 12, dtype=torch.bool)
+    zone[2:9, 2:9] = True
+    for i in range(2):
+        labels = out[i, 0]
+        assert (labels[0] == 3).all()
+        assert (labels[1:][~zone[1:]] == 0).all()  # far from the structure: background
+        assert (labels[zone & ~structure] == 3).all()  # the band is ignored
+    assert (out[0, 0][structure] == 1).all()  # near slice: the propagated structure is kept
+    assert (out[1, 0][structure] == 3).all()  # far slice: not claimed
+    everywhere = _background_beyond(propagated, distance, margin=0, ignore_index=3, foreground_within=None)
+    assert torch.equal(everywhere, propagated)
+
+
+def test_zone_pixels_unlike_the_structure_become_background():
+    from jointreg.training.steps import _background_beyond, _intensity_ranges
+
+    moving = torch.full((1, 1, 12, 12), 0.1)
+    moving_label = torch.zeros(1, 1, 12, 12, dtype=torch.int64)
+    moving_label[..., 4:7, 4:7] = 1
+    moving[..., 4:7, 4:7] = torch.linspace(0.4, 0.6, 9).view(3, 3)
+    ranges = _intensity_ranges(moving, moving_label, 2, (0.0, 100.0))
+    assert torch.allclose(ranges[0, 1], torch.tensor([0.4, 0.6]))
+    assert torch.isnan(ranges[0, 0]).all()  # background has no range
+    fixed = torch.full((1, 1, 12, 12), 0.5)
+    fixed[..., :, 6:] = 0.9  # the right part of the fixed slice looks nothing like the structure
+    out = _background_beyond(moving_label, torch.tensor([4.0]), margin=1, ignore_index=2,
+                             foreground_within=0, fixed=fixed, ranges=ranges)
+    zone = torch.zeros(12, 12, dtype=torch.bool)
+    zone[3:8, 3:8] = True
+    labels = out[0, 0]
+    assert (labels[zone & (fixed[0, 0] > 0.8)] == 0).all()  # in the zone but unlike: background
+    assert (labels[zone & (fixed[0, 0] < 0.8)] == 2).all()  # in the zone and alike: unknown
+    assert (labels[~zone] == 0).all()
+
+
+class _Identity(torch.nn.Module):
+    """A 'registration network' that leaves the moving image where it is."""
+
+    def forward(self, moving, fixed):
+        from jointreg.nets.registration.output import RegistrationOutput
+
+        flow = torch.zeros(moving.shape[0], 2, *moving.shape[2:])
+        return RegistrationOutput(warped=moving, flow=flow, flows=(flow,))
+
+
+def test_propagated_negatives_through_propagate():
+    from jointreg.training.batches import RegistrationBatch
+
+    moving = torch.full((2, 1, 12, 12), 0.2)
+    moving_label = torch.zeros(2, 1, 12, 12, dtype=torch.int64)
+    moving_label[..., 4:7, 4:7] = 1
+    moving[..., 4:7, 4:7] = 0.5
+    fixed = torch.full((2, 1, 12, 12), 0.5)
+    fixed_label = torch.full((2, 1, 12, 12), 2, dtype=torch.int64)
+    fixed_label[1, :, 11, :] = 1  # a fixed slice's own labels win
+    batch = RegistrationBatch(moving, fixed, moving_label, fixed_label, torch.tensor([1.0, 6.0]), [None, None])
+    out = propagate(_Identity(), batch, num_classes=2, ignore_index=2, trust=(), foreground_within=3,
+                    background_margin=1, appearance_percentiles=(0.0, 100.0))
+    structure = moving_label[0, 0] == 1
+    zone = torch.zeros(12, 12, dtype=torch.bool)
+    zone[3:8, 3:8] = True
+    near, far = out.fixed_targets[0, 0], out.fixed_targets[1, 0]
+    assert (near[structure] == 1).all() and (far[structure] == 2).all()
+    assert (near[zone & ~structure] == 2).all() and (far[zone & ~structure] == 2).all()
+    assert (near[~zone] == 0).all()
+    assert (far[:11][~zone[:11]] == 0).all() and (far[11] == 1).all()
+    assert torch.equal(out.trust, torch.ones(2))
