@@ -613,12 +613,18 @@ def _run_plan(recipe, paths, data, nets, plan, state, logger, device, stop_after
                         segmentor=nets.segmentor if seg_warm else None,
                     )
                     n_pairs = max(1, cfg.batch_size // 2)
+                    shared = cfg.propagated_weight > 0 and propagation_sampler is warp_sampler
                     if cfg.warped_weight > 0:
                         pairs = warp_sampler.sample(n_pairs, rng)
                         batch = registration_batch(data.train, pairs, ignore_index=data.ignore_index, device=device)
-                        warped = propagate(nets.registration, batch, **derive)
+                        # The warped group uses only the warped images and labels; the trusted
+                        # targets are derived only when the same pairs also feed the propagated group.
+                        warped = propagate(
+                            nets.registration, batch,
+                            **(derive if shared else dict(num_classes=data.num_classes, ignore_index=data.ignore_index, trust=())),
+                        )
                     if cfg.propagated_weight > 0:
-                        if warped is not None and propagation_sampler is warp_sampler:
+                        if warped is not None and shared:
                             propagated = warped
                         else:
                             pairs = propagation_sampler.sample(n_pairs, rng)

@@ -188,16 +188,15 @@ def _background_beyond(
     zone = _dilate(structure, margin)
     unknown = torch.full_like(propagated, ignore_index)
     if fixed is not None and ranges is not None:
+        # The zone is the union of the per-class zones; keep a pixel unknown only where its
+        # intensity fits a class whose zone covers it.
         compatible = torch.zeros_like(zone)
-        covered = torch.zeros_like(zone)
         view = (-1, 1, *([1] * (propagated.dim() - 2)))
         for c in range(1, ranges.shape[1]):
-            zone_c = _dilate(propagated == c, margin)
             lo, hi = ranges[:, c, 0].view(view), ranges[:, c, 1].view(view)
             inside = (fixed >= lo) & (fixed <= hi)  # NaN bounds compare False
-            compatible |= zone_c & inside
-            covered |= zone_c
-        zone = zone & ~(covered & ~compatible)
+            compatible |= _dilate(propagated == c, margin) & inside
+        zone = compatible
     out = torch.where(zone, unknown, torch.zeros_like(propagated))
     keep = structure
     if foreground_within is not None:
@@ -250,7 +249,8 @@ def propagate(
     warped_labels = warp_labels(batch.moving_label, out.flow, num_classes, ignore_index=ignore_index)
     propagated = warped_labels.clone()
     unknown = torch.full_like(propagated, ignore_index)
-    residual = (out.warped - batch.fixed).abs().mean(1, keepdim=True)
+    if absent_residual is not None or "residual" in trust:
+        residual = (out.warped - batch.fixed).abs().mean(1, keepdim=True)
     broadcast = (-1, *([1] * (propagated.dim() - 1)))
     if absent_residual is not None:
         # Absence is only decided beyond foreground_within (when set): near an annotated slice a
