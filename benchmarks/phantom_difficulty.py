@@ -1,7 +1,7 @@
 """How hard is slice-to-slice label propagation on the phantoms, compared with real data?
 
 The figure is the Dice of *copying* one annotated slice's label, unchanged, onto the other slices
-of its volume (the identity "registration"), measured as in ../shared/docs/FIELD.md:
+of its volume (the identity "registration"), measured as in docs/design.md:
 
 * per volume, the axial (axis 2) slice with the largest structure area is the moving slice;
 * every other slice that holds the structure, or lies within ±6 slices of the moving one, is a

@@ -3,7 +3,9 @@
 Importing this package is cheap: torch and friends load only when a feature needs them.
 """
 
-__version__ = "0.1.0"
+from jointreg.version import __version__
+
+__all__ = ["__version__", "load_model"]
 
 
 def load_model(path, *, device="cpu", kind=None):

@@ -15,7 +15,7 @@ that made it and without unpickling anything::
      "classes": 5}, "spatial_dims": 2, "preprocessing": {...}, "labels": {"background": 0, ...},
      "modality": "CT"}
 
-The network is rebuilt from the registry of its kind (STYLE.md §6–7) and the weights are
+The network is rebuilt by name from the registry of its kind and the weights are
 checked against it key by key, so a config that does not match its weights is a clear error.
 """
 
@@ -27,9 +27,9 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from jointreg import __version__
 from jointreg.errors import InputError
 from jointreg.utils.atomic import atomic_dir, write_json
+from jointreg.version import __version__
 
 FORMAT = "jointreg-model"
 FORMAT_VERSION = 1

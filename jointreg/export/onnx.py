@@ -3,7 +3,7 @@
 >>> session = onnxruntime.InferenceSession("RUN/export/onnx/registration.onnx")   # doctest: +SKIP
 >>> warped, flow = session.run(None, {"moving": m, "fixed": f})                    # doctest: +SKIP
 
-Input and output names are those of :class:`~jointreg.export.standalone.Signature`; the batch
+Input and output names are those of :class:`~jointreg.export.common.Signature`; the batch
 axis is dynamic, H and W are fixed at the exported size. When onnxruntime is installed the
 exported file is checked against the PyTorch model before it is kept.
 """
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from jointreg.errors import JointregError
-from jointreg.export.standalone import ONNX_OPSET, TOLERANCE, as_tuple, export_size, metadata, relative_difference, wrap
+from jointreg.export.common import ONNX_OPSET, TOLERANCE, as_tuple, export_size, metadata, relative_difference, wrap
 from jointreg.utils.atomic import atomic_path, write_json
 
 log = logging.getLogger(__name__)

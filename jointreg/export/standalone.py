@@ -1,170 +1,25 @@
-"""Standalone exports (TorchScript, ONNX) of a run's networks: what both formats share.
+"""Standalone exports (TorchScript, ONNX) of a run's networks, for deployment without jointreg.
 
-The self-describing model folders (``config.json`` + ``model.safetensors``, loaded with
-:func:`jointreg.load_model`) stay the native format. These exports are for deployment where
-jointreg is not installed: plain ``torch.jit.load`` or ``onnxruntime`` runs them.
-
-Each network is wrapped so that it takes and returns plain tensors:
-
-* segmentor: ``image`` ``(B, 1, H, W)`` normalised slice → ``logits`` ``(B, K, H, W)``;
-* registration: ``moving``, ``fixed`` ``(B, 1, H, W)`` → ``warped`` ``(B, 1, H, W)`` and
-  ``flow`` ``(B, 2, H, W)`` (pixels, channel ``d`` along spatial axis ``d``, pull warping
-  ``warped(p) = moving(p + flow(p))``).
-
-Tracing specialises the graph to the traced spatial size (padding amounts, the identity grid), so
-every export is FIXED-SIZE in H and W: by default the model's training size
-(``preprocessing["size"]``), or the size given. The batch size may vary. Next to each file a
-``{name}.json`` records the input and output names and shapes, labels, preprocessing (slicing
-axis, size, intensity normalisation) and modality, so a deployment can prepare inputs exactly like
-jointreg does (:mod:`jointreg.data.slices`).
+:func:`export_run` finds the model folders of a run (or takes one model folder), loads them and
+hands each to the format's exporter (:mod:`jointreg.export.torchscript`,
+:mod:`jointreg.export.onnx`). The wrappers, the fixed-size caveat and the ``{name}.json``
+metadata both formats share are in :mod:`jointreg.export.common`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Any
 
-import torch
-from torch import nn
-
-from jointreg import __version__
 from jointreg.errors import ConfigError, InputError
+from jointreg.export.model_folder import CONFIG_NAME, load_model_folder
+from jointreg.export.onnx import export_onnx
+from jointreg.export.run_folder import MODEL_KINDS, RunPaths
+from jointreg.export.torchscript import export_torchscript
 
 FORMATS = ("torchscript", "onnx")
 SUFFIX = {"torchscript": ".pt", "onnx": ".onnx"}
-ONNX_OPSET = 17
-# Largest difference accepted between an exported network and the PyTorch model, relative to the
-# output's magnitude (at least 1): export must not change the computation.
-TOLERANCE = 1e-4
-FIXED_SIZE_NOTE = (
-    "The graph was traced at this spatial size and only accepts it (padding and sampling grids are "
-    "fixed at export); the batch size may vary. Re-export with --size H W for another size."
-)
-
-
-class SegmentorLogits(nn.Module):
-    """``image (B, 1, H, W) → logits (B, K, H, W)`` (eval mode)."""
-
-    def __init__(self, segmentor: nn.Module):
-        super().__init__()
-        self.segmentor = segmentor
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.segmentor(image)
-
-
-class RegistrationTensors(nn.Module):
-    """``(moving, fixed) → (warped, flow)`` as plain tensors (eval mode)."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.net(moving, fixed).as_tuple()
-
-
-@dataclass(frozen=True)
-class Signature:
-    """Tensor names and shapes of an exported network."""
-
-    inputs: dict[str, tuple[int, ...]]
-    outputs: dict[str, tuple[int, ...]]
-
-
-def as_tuple(value: Any) -> tuple[torch.Tensor, ...]:
-    """A module's output(s) as a tuple of tensors."""
-    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
-
-
-def relative_difference(produced: Sequence[Any], expected: Sequence[Any]) -> float:
-    """``max |a - b| / max(1, max |b|)`` over paired outputs (tensors or arrays)."""
-    worst = 0.0
-    for a, b in zip(produced, expected):
-        a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else a
-        b = b.detach().cpu().numpy() if isinstance(b, torch.Tensor) else b
-        worst = max(worst, float(abs(a - b).max()) / max(1.0, float(abs(b).max())))
-    return worst
-
-
-def export_size(loaded: Any, size: Sequence[int] | None) -> tuple[int, int]:
-    """The ``(H, W)`` to trace at: ``size`` or the model's training size.
-
-    Raises:
-        ConfigError: a size that is not two integers >= 8.
-        InputError: no size given and none recorded in the model folder.
-    """
-    if size is None:
-        recorded = loaded.preprocessing.get("size")
-        if not recorded:
-            raise InputError(loaded.path, "records no training size in config.json; pass --size H W")
-        size = recorded
-    values = tuple(int(v) for v in size)
-    if len(values) != 2 or min(values) < 8:
-        raise ConfigError(f"export size must be two integers >= 8 (H W), got {list(size)}")
-    return values  # type: ignore[return-value]
-
-
-def wrap(loaded: Any, size: tuple[int, int], batch: int = 1) -> tuple[nn.Module, Signature, tuple[torch.Tensor, ...]]:
-    """The tensor-only wrapper (eval mode, CPU, float32), its signature and example inputs.
-
-    Args:
-        loaded: a :class:`~jointreg.export.model_folder.LoadedModel`.
-        size: ``(H, W)``.
-        batch: batch size of the example inputs.
-    """
-    if loaded.spatial_dims != 2:
-        raise InputError(loaded.path, f"only 2D networks can be exported; this one has spatial_dims={loaded.spatial_dims}")
-    model = loaded.model.to("cpu").float().eval()
-    channels = int(loaded.config.get("arguments", {}).get("in_channels", 1))
-    generator = torch.Generator().manual_seed(0)
-    shape = (batch, channels, *size)
-    if loaded.kind == "segmentor":
-        module: nn.Module = SegmentorLogits(model).eval()
-        inputs: tuple[torch.Tensor, ...] = (torch.rand(shape, generator=generator),)
-        with torch.no_grad():
-            logits = module(*inputs)
-        signature = Signature({"image": shape}, {"logits": tuple(logits.shape)})
-    else:
-        module = RegistrationTensors(model).eval()
-        inputs = (torch.rand(shape, generator=generator), torch.rand(shape, generator=generator))
-        with torch.no_grad():
-            warped, flow = module(*inputs)
-        signature = Signature({"moving": shape, "fixed": shape}, {"warped": tuple(warped.shape), "flow": tuple(flow.shape)})
-    return module, signature, inputs
-
-
-def metadata(loaded: Any, fmt: str, file_name: str, signature: Signature, **more: Any) -> dict[str, Any]:
-    """The ``{name}.json`` written next to an exported file."""
-
-    def tensors(shapes: dict[str, tuple[int, ...]]) -> list[dict[str, Any]]:
-        return [{"name": n, "shape": ["batch", *s[1:]], "dtype": "float32"} for n, s in shapes.items()]
-
-    data = {
-        "format": fmt,
-        "file": file_name,
-        "kind": loaded.kind,
-        "architecture": loaded.architecture,
-        "inputs": tensors(signature.inputs),
-        "outputs": tensors(signature.outputs),
-        "fixed_size": True,
-        "note": FIXED_SIZE_NOTE,
-        "labels": loaded.labels,
-        "modality": loaded.modality,
-        "preprocessing": loaded.preprocessing,
-        "source_model": str(Path(loaded.path).resolve()) if loaded.path is not None else None,
-        "jointreg_version": __version__,
-        "torch_version": torch.__version__.split("+")[0],
-    }
-    if loaded.kind == "registration":
-        data["flow"] = "pixels; channel d = displacement along spatial axis d; warped(p) = moving(p + flow(p))"
-    else:
-        data["logits"] = "softmax over channel 1 gives class probabilities; argmax = label id (see labels)"
-    data.update(more)
-    return data
 
 
 def model_folders(path: str | PathLike[str]) -> list[Path]:
@@ -176,12 +31,14 @@ def model_folders(path: str | PathLike[str]) -> list[Path]:
     path = Path(path)
     if not path.exists():
         raise InputError(path, "not found")
-    if (path / "config.json").is_file():
+    if (path / CONFIG_NAME).is_file():
         return [path]
-    found = [path / "export" / kind for kind in ("registration", "segmentor") if (path / "export" / kind / "config.json").is_file()]
+    run = RunPaths(path)
+    found = [folder for folder in run.exported_models().values() if (folder / CONFIG_NAME).is_file()]
     if not found:
+        expected = ", ".join(run.model(kind).relative_to(run.root).as_posix() for kind in MODEL_KINDS)
         raise InputError(
-            path, "neither a model folder nor a run folder with exports (export/registration, export/segmentor); "
+            path, f"neither a model folder nor a run folder with exports ({expected}); "
             "finish the run first ('jointreg train --resume RUN')"
         )
     return found
@@ -212,28 +69,19 @@ def export_run(
         ConfigError: unknown format or bad size.
         InputError: nothing to export, broken model folders, existing outputs without ``overwrite``.
     """
-    from jointreg.export.model_folder import load_model_folder
-
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
     folders = model_folders(path)
-    base = Path(path)
-    target = Path(out) if out is not None else (
-        base / "export" / fmt if folders[0].parent.parent == base else folders[0].parent / fmt
-    )
+    if out is not None:
+        target = Path(out)
+    elif folders == [Path(path)]:  # one model folder: its siblings
+        target = folders[0].parent / fmt
+    else:
+        target = RunPaths(path).standalone(fmt)
     loaded = [load_model_folder(f, device="cpu") for f in folders]
     files = [target / f"{m.kind}{SUFFIX[fmt]}" for m in loaded]
     existing = [p for f in files for p in (f, f.with_suffix(".json")) if p.exists()]
     if existing and not overwrite:
         raise InputError(existing[0], "already exists (pass --overwrite to replace it)")
-    written = []
-    for model, file in zip(loaded, files):
-        if fmt == "torchscript":
-            from jointreg.export.torchscript import export_torchscript
-
-            written.append(export_torchscript(model, file, size=size))
-        else:
-            from jointreg.export.onnx import export_onnx
-
-            written.append(export_onnx(model, file, size=size))
-    return written
+    exporter = export_torchscript if fmt == "torchscript" else export_onnx
+    return [exporter(model, file, size=size) for model, file in zip(loaded, files)]

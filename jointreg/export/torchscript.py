@@ -3,7 +3,7 @@
 >>> module = torch.jit.load("RUN/export/torchscript/segmentor.pt")      # doctest: +SKIP
 >>> logits = module(image)            # (B, 1, H, W) at the exported size  # doctest: +SKIP
 
-See :mod:`jointreg.export.standalone` for the wrappers, the fixed-size caveat and the metadata.
+See :mod:`jointreg.export.common` for the wrappers, the fixed-size caveat and the metadata.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Any
 import torch
 
 from jointreg.errors import JointregError
-from jointreg.export.standalone import TOLERANCE, as_tuple, export_size, metadata, relative_difference, wrap
+from jointreg.export.common import TOLERANCE, as_tuple, export_size, metadata, relative_difference, wrap
 from jointreg.utils.atomic import atomic_path, write_json
+
 
 def export_torchscript(loaded: Any, path: str | PathLike[str], *, size: Sequence[int] | None = None) -> Path:
     """Trace a loaded model folder and save it as TorchScript, with ``{name}.json`` beside it.

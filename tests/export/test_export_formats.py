@@ -51,10 +51,44 @@ STANDALONE = textwrap.dedent(
 )
 
 
+# Flow head biases of the compared registration network (pixels before fusion): the tiny run is
+# barely trained, so its flow is nearly zero and would not tell a wrong export of the flow apart.
+FLOW_BIAS = (0.3, -0.2)
+
+
 @pytest.fixture(scope="module")
-def exported(trained_run, tmp_path_factory):
+def flowing_run(trained_run, tmp_path_factory):
+    """A copy of the tiny run's exports whose registration network predicts a clearly non-zero flow.
+
+    Every convolution that outputs a 2-channel field (the flow heads, and the attention that fuses
+    them) gets seeded N(0, 0.1) weights and the biases ``FLOW_BIAS``.
+    """
+    import shutil
+
+    from jointreg.export.model_folder import load_model_folder, save_model_folder
+
+    run = tmp_path_factory.mktemp("flowing_run")
+    shutil.copytree(trained_run["run"] / "export", run / "export")
+    folder = run / "export" / "registration"
+    loaded = load_model_folder(folder)
+    generator = torch.Generator().manual_seed(5)
+    heads = [m for m in loaded.model.modules() if isinstance(m, torch.nn.Conv2d) and m.out_channels == 2]
+    assert heads, "no 2-channel convolution (flow head) found in the registration network"
+    with torch.no_grad():
+        for head in heads:
+            head.weight.copy_(0.1 * torch.randn(head.weight.shape, generator=generator))
+            head.bias.copy_(torch.tensor(FLOW_BIAS))
+    save_model_folder(
+        folder, loaded.model, kind=loaded.kind, architecture=loaded.architecture, preprocessing=loaded.preprocessing,
+        labels=loaded.labels, modality=loaded.modality, extra=loaded.config.get("extra"), overwrite=True,
+    )
+    return run
+
+
+@pytest.fixture(scope="module")
+def exported(flowing_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("exported")
-    files = export_run(trained_run["run"], "onnx", out=out / "onnx") + export_run(trained_run["run"], "torchscript", out=out / "torchscript")
+    files = export_run(flowing_run, "onnx", out=out / "onnx") + export_run(flowing_run, "torchscript", out=out / "torchscript")
     return out, files
 
 
@@ -69,8 +103,19 @@ def _pytorch_outputs(run, inputs):
     return expected
 
 
+def test_compared_registration_network_has_a_clearly_non_zero_flow(flowing_run):
+    reg = jointreg.load_model(flowing_run / "export" / "registration").model
+    generator = torch.Generator().manual_seed(1)
+    moving, fixed = torch.rand(2, 1, 32, 32, generator=generator), torch.rand(2, 1, 32, 32, generator=generator)
+    with torch.no_grad():
+        result = reg(moving, fixed)
+    magnitude = result.flow.norm(dim=1)
+    assert magnitude.mean() > 0.5 and (magnitude > 0.1).float().mean() > 0.9, magnitude.mean()
+    assert (result.warped - moving).abs().mean() > 0.05  # the flow moves the image
+
+
 @pytest.mark.slow
-def test_exports_run_without_jointreg_and_match_pytorch(trained_run, exported, tmp_path):
+def test_exports_run_without_jointreg_and_match_pytorch(flowing_run, exported, tmp_path):
     folder, files = exported
     assert sorted(p.name for p in files) == ["registration.onnx", "registration.pt", "segmentor.onnx", "segmentor.pt"]
     rng = np.random.default_rng(0)
@@ -89,7 +134,9 @@ def test_exports_run_without_jointreg_and_match_pytorch(trained_run, exported, t
     )
     assert done.returncode == 0, done.stderr
     produced = np.load(tmp_path / "out.npz")
-    expected = _pytorch_outputs(trained_run["run"], inputs)
+    expected = _pytorch_outputs(flowing_run, inputs)
+    flow = np.linalg.norm(expected["registration/1"], axis=1)
+    assert flow.mean() > 0.5, f"the compared flow is nearly zero ({flow.mean():.3g} px): the comparison would be vacuous"
     for fmt in ("onnx", "torchscript"):
         for key, want in expected.items():
             got = produced[f"{fmt}/{key}"]
@@ -97,7 +144,7 @@ def test_exports_run_without_jointreg_and_match_pytorch(trained_run, exported, t
             assert np.abs(got - want).max() <= 1e-4, (fmt, key, np.abs(got - want).max())
 
 
-def test_metadata_describes_the_tensors(exported, trained_run):
+def test_metadata_describes_the_tensors(exported, flowing_run):
     folder, _ = exported
     seg = json.loads((folder / "onnx" / "segmentor.json").read_text())
     assert seg["inputs"] == [{"name": "image", "shape": ["batch", 1, 32, 32], "dtype": "float32"}]
@@ -108,7 +155,7 @@ def test_metadata_describes_the_tensors(exported, trained_run):
     reg = json.loads((folder / "torchscript" / "registration.json").read_text())
     assert [t["name"] for t in reg["inputs"]] == ["moving", "fixed"]
     assert reg["outputs"][1] == {"name": "flow", "shape": ["batch", 2, 32, 32], "dtype": "float32"}
-    assert reg["source_model"] == str((trained_run["run"] / "export" / "registration").resolve())
+    assert reg["source_model"] == str((flowing_run / "export" / "registration").resolve())
 
 
 def test_another_size_and_one_model_folder(trained_run, tmp_path):
@@ -135,5 +182,23 @@ def test_default_folder_and_bad_requests(trained_run, tmp_path):
     with pytest.raises(ConfigError, match="export size must be two integers >= 8"):
         export_run(run, "onnx", size=(4, 4))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="neither a model folder nor a run folder with exports"):
+    with pytest.raises(InputError, match=r"neither a model folder nor a run folder with exports \(export/registration, export/segmentor\)"):
         model_folders(tmp_path / "empty")
+
+
+def test_which_folders_are_exported_and_where_by_default(trained_run, tmp_path):
+    import shutil
+
+    single = tmp_path / "models" / "liver_seg"
+    shutil.copytree(trained_run["run"] / "export" / "segmentor", single)
+    assert model_folders(single) == [single]
+    files = export_run(single, "torchscript")  # a lone model folder: its siblings
+    assert files == [tmp_path / "models" / "torchscript" / "segmentor.pt"]
+    assert (tmp_path / "models" / "torchscript" / "segmentor.json").is_file()
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run["run"] / "export" / "registration", run / "export" / "registration")
+    (run / "export" / "segmentor").mkdir()  # a folder without config.json is not a model
+    assert model_folders(run) == [run / "export" / "registration"]
+    with pytest.raises(InputError, match="not found"):
+        model_folders(tmp_path / "missing")
