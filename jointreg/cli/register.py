@@ -34,7 +34,7 @@ NAME = "register"
 HELP = "warp a moving image (and its labels) onto a fixed image with a registration model"
 ORDER = 45
 
-FIELD_FORMATS = ("ants", "nifti", "voxel")  # jointreg.inference.register.FIELD_FORMATS (kept import-free)
+FIELD_FORMATS = ("ants", "nifti", "voxel")  # jointreg.inference.register_output.FIELD_FORMATS (kept import-free)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jointreg.inference.register import parse_slice_map, register_files
+    from jointreg.inference.register import register_files
+    from jointreg.inference.register_inputs import parse_slice_map
 
     slice_map = parse_slice_map(args.slice_map) if args.slice_map else None
     summary = register_files(

@@ -4,10 +4,12 @@ Segmentors: each test volume is segmented slice by slice, mapped back to its sou
 (optionally) written as NIfTI with the image's affine, and scored against its full labels with
 :mod:`jointreg.metrics` (Dice, HD, HD95, ASSD in mm; missed structures flagged).
 
-Registration networks: the FIELD.md protocol — in each volume the slice with the largest
+Registration networks: docs/design.md's protocol, loop variant — in each volume the slice with the largest
 foreground area is the moving (annotated) slice and every slice within the pairing radius is a
 fixed slice; the moving label is warped onto each fixed slice (one-hot, linear, argmax) and scored
-against the fixed slice's true label, next to copying the label unchanged (identity).
+against the fixed slice's true label, next to copying the label unchanged (identity). This is
+scored on the training grid by :func:`jointreg.inference.scoring.score_registration_pairs`, the
+scorer training validation uses too, with the Dice rule of ``docs/metrics.md``.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import numpy as np
 import torch
 
 from jointreg.data.dataset import Dataset
+from jointreg.data.pairs import SlicePair
 from jointreg.data.slices import SlicedVolume
-from jointreg.inference.segment import segment_sliced_volume
+from jointreg.inference.predict import segment_sliced_volume
+from jointreg.inference.scoring import SCORE_NAMES, score_registration_pairs, truth_labels
 from jointreg.utils.atomic import write_json
 
 
@@ -71,7 +75,21 @@ def _largest_slice(labels: np.ndarray, ignore_index: int) -> int:
     return int(np.argmax(area))
 
 
-@torch.no_grad()
+def largest_slice_pairs(volumes: Sequence[SlicedVolume], *, radius: int, ignore_index: int) -> list[SlicePair]:
+    """The protocol's pairs (docs/design.md): in each labelled volume, the slice with the largest foreground area
+    (of :func:`~jointreg.inference.scoring.truth_labels`) onto every other slice within ``radius``."""
+    pairs = []
+    for v, volume in enumerate(volumes):
+        target = truth_labels(volume)
+        if target is None:
+            continue
+        m = _largest_slice(target, ignore_index)
+        for f in range(max(0, m - radius), min(volume.num_slices, m + radius + 1)):
+            if f != m:
+                pairs.append(SlicePair((v, m), (v, f), abs(f - m)))
+    return pairs
+
+
 def evaluate_registration_on_volumes(
     net: torch.nn.Module,
     volumes: Sequence[SlicedVolume],
@@ -82,48 +100,22 @@ def evaluate_registration_on_volumes(
     out_json: Path | None = None,
     batch_size: int = 16,
 ) -> dict[str, Any]:
-    """Propagated-label Dice / NCC / folding % on every volume (FIELD.md protocol).
+    """Propagated-label Dice / NCC / folding % on every volume (docs/design.md protocol, loop variant).
+
+    Pairs: :func:`largest_slice_pairs`; scores:
+    :func:`~jointreg.inference.scoring.score_registration_pairs` (a fixed slice without the
+    structure scores 1.0 when the propagated mask is empty too, 0.0 when it is not).
 
     Returns:
         Means over pairs: ``label_dice`` (registration), ``identity_dice`` (copying the label),
-        ``ncc``, ``identity_ncc``, ``folding_percent``, and the number of ``pairs``.
+        ``ncc``, ``identity_ncc``, ``folding_percent`` (each ``None`` without pairs), and the
+        number of ``pairs``.
     """
-    from jointreg.data.pairs import SlicePair
-    from jointreg.metrics.registration import folding_percent, ncc
-    from jointreg.spatial.warp import warp_labels
-    from jointreg.training.batches import registration_batch
-    from jointreg.training.validation import dice_per_class
-
-    device = next(net.parameters()).device
-    was_training = net.training
-    net.eval()
-    pairs = []
-    for v, volume in enumerate(volumes):
-        target = volume.full_labels if volume.full_labels is not None else volume.labels
-        if target is None:
-            continue
-        m = _largest_slice(target, ignore_index)
-        for f in range(max(0, m - radius), min(volume.num_slices, m + radius + 1)):
-            if f != m:
-                pairs.append(SlicePair((v, m), (v, f), abs(f - m)))
-    sums: dict[str, list[float]] = {"label_dice": [], "identity_dice": [], "ncc": [], "identity_ncc": [], "folding_percent": []}
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        batch = registration_batch(volumes, chunk, ignore_index=ignore_index, device=device)
-        out = net(batch.moving, batch.fixed)
-        warped = warp_labels(batch.moving_label, out.flow, num_classes, ignore_index=ignore_index)[:, 0].cpu().numpy()
-        sums["ncc"] += ncc(out.warped, batch.fixed).cpu().tolist()
-        sums["identity_ncc"] += ncc(batch.moving, batch.fixed).cpu().tolist()
-        sums["folding_percent"] += folding_percent(out.flow).cpu().tolist()
-        for i, pair in enumerate(chunk):
-            truth = batch.fixed_label[i, 0].cpu().numpy()
-            moved = dice_per_class(warped[i], truth, num_classes, ignore_index)
-            copied = dice_per_class(batch.moving_label[i, 0].cpu().numpy(), truth, num_classes, ignore_index)
-            # A fixed slice without the structure scores 0 when the propagated mask is not empty.
-            sums["label_dice"].append(float(np.mean(list(moved.values()))) if moved else 1.0)
-            sums["identity_dice"].append(float(np.mean(list(copied.values()))) if copied else 1.0)
-    net.train(was_training)
-    result: dict[str, Any] = {k: (float(np.mean(v)) if v else None) for k, v in sums.items()}
+    pairs = largest_slice_pairs(volumes, radius=radius, ignore_index=ignore_index)
+    scores = score_registration_pairs(
+        net, volumes, pairs, num_classes=num_classes, ignore_index=ignore_index, batch_size=batch_size
+    )
+    result: dict[str, Any] = {name: scores.mean(name) for name in SCORE_NAMES}
     result["pairs"] = len(pairs)
     if out_json is not None:
         write_json(out_json, result)

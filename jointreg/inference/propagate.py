@@ -67,9 +67,27 @@ class Source:
         return {"slice": self.slice, "distance": self.distance, "weight": round(self.weight, 6)}
 
 
+def distance_trust(distance, decay: float):
+    """The one trust rule for a label propagated ``distance`` slices: ``exp(-decay · distance)``.
+
+    Training (``propagation.trust: [distance]``, ``decay = propagation.trust_decay``) and bulk
+    pseudo-labels (``decay = 1 / radius``, see :func:`distance_weight`) both weigh by it. An
+    exponential is the rule because registration errors compound with every slice a label
+    travels: each further slice multiplies the trust by the same factor ``exp(-decay)``.
+
+    Args:
+        distance: slices, a number or a tensor (then the result is a tensor like it).
+        decay: per-slice rate (>= 0).
+    """
+    if hasattr(distance, "exp"):  # a tensor (torch is not imported here: see above)
+        return (-decay * distance).exp()
+    return math.exp(-decay * float(distance))
+
+
 def distance_weight(distance: int, radius: float) -> float:
-    """``exp(-distance / radius)``: the trust in a label propagated ``distance`` slices."""
-    return math.exp(-float(distance) / float(radius))
+    """:func:`distance_trust` with ``decay = 1 / radius``: the trust falls to ``1/e`` at the pair
+    radius the registration network was trained on."""
+    return distance_trust(distance, 1.0 / float(radius))
 
 
 def nearest_sources(annotated: Sequence[int], index: int, per_side: int) -> list[int]:

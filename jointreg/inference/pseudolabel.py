@@ -29,30 +29,30 @@ slices, run or dataset) is refused unless ``overwrite``.
 
 **Parallel.** ``workers`` processes (spawn) each load the networks once and process whole cases,
 so memory is bounded by one case per worker whatever the dataset size; each worker uses
-``max(1, cores // workers)`` torch threads. The parent only lists cases.
+``max(1, cores // workers)`` torch threads. The parent only lists cases. The work on one case,
+and the pool, are :mod:`jointreg.inference.pseudolabel_case`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from jointreg import __version__
-from jointreg.errors import ConfigError, InputError, JointregError
+from jointreg.data.label_space import label_lookup
+from jointreg.errors import ConfigError, InputError
 from jointreg.inference.propagate import MODES, PROPAGATIONS
+from jointreg.inference.pseudolabel_case import PROVENANCE_DIR, CaseJob, run_cases
+from jointreg.inference.run_models import find_run_models
+from jointreg.version import __version__
 
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "pseudolabel.json"
-PROVENANCE_DIR = "provenance"
 DEFAULT_RADIUS = 6
 
 
@@ -91,294 +91,10 @@ class PseudolabelSettings:
         return {"mode": self.mode, "propagation": self.propagation, "source_slices": per_side}
 
 
-@dataclass(frozen=True)
-class RunModels:
-    """The exported model folders of a run (``None`` where the run trained no such network)."""
-
-    registration: Path | None
-    segmentor: Path | None
-
-
-def find_run_models(run: str | PathLike[str]) -> RunModels:
-    """The model folders under ``RUN/export`` (checked: format, version, files).
-
-    Raises:
-        InputError: not a run folder, no exports, or a broken model folder.
-    """
-    from jointreg.export.model_folder import read_model_config
-
-    run = Path(run)
-    if not run.is_dir():
-        raise InputError(run, "run folder not found" if not run.exists() else "not a folder")
-    export = run / "export"
-    found = {kind: export / kind for kind in ("registration", "segmentor") if (export / kind).is_dir()}
-    if not found:
-        what = "a jointreg run folder" if (run / "recipe.yaml").is_file() else "a folder"
-        raise InputError(
-            run, f"is {what} without exported models (export/registration, export/segmentor): "
-            "the run has not finished; finish it with 'jointreg train --resume RUN'"
-        )
-    for kind, folder in found.items():
-        config = read_model_config(folder)
-        if config["kind"] != kind:
-            raise InputError(folder, f"holds a {config['kind']} model, expected a {kind} model")
-        if int(config.get("spatial_dims", 2)) != 2:
-            raise InputError(folder, "pseudolabel needs 2D (slice) networks")
-    return RunModels(found.get("registration"), found.get("segmentor"))
-
-
 def _model_config(folder: Path | None) -> dict[str, Any] | None:
     from jointreg.export.model_folder import read_model_config
 
     return None if folder is None else read_model_config(folder)
-
-
-def label_lookup(dataset_labels: dict[str, int], ignore_label: int | None, model_labels: dict[str, int], source: Path) -> np.ndarray:
-    """Dataset label id → model label id (by class name; classes the model lacks → background).
-
-    The dataset's ``ignore`` maps to ``len(model_labels)`` (the networks' ignore index).
-
-    Raises:
-        InputError: a model class that the dataset does not have.
-    """
-    missing = [n for n in model_labels if n not in dataset_labels]
-    if missing:
-        raise InputError(source, f"has no class {missing[0]!r}, which the run's networks predict (labels {model_labels})")
-    top = max([*dataset_labels.values(), ignore_label or 0])
-    lut = np.zeros(top + 1, np.int16)
-    for name, value in dataset_labels.items():
-        lut[value] = model_labels.get(name, 0)
-    if ignore_label is not None:
-        lut[ignore_label] = len(model_labels)
-    return lut
-
-
-@dataclass(frozen=True)
-class _Job:
-    """Everything a worker needs (picklable)."""
-
-    dataset: str
-    out: str
-    models: dict[str, str | None]
-    settings: PseudolabelSettings
-    preprocessing: dict[str, Any]
-    labels: dict[str, int]
-    lut: tuple[int, ...]
-    radius: float
-    modality: str
-    file_ending: str
-    threads: int | None = None
-
-
-# --------------------------------------------------------------------------------------------
-# one case (runs in a worker, or in the main process with workers=1)
-# --------------------------------------------------------------------------------------------
-class CaseLabeller:
-    """Loads the run's networks once and labels whole cases, writing their outputs."""
-
-    def __init__(self, job: _Job):
-        from jointreg.data.dataset import Dataset
-        from jointreg.data.slices import SliceSpec
-        from jointreg.export.model_folder import load_model_folder
-        from jointreg.utils.device import resolve_device, set_threads
-
-        set_threads(job.threads)
-        self.job = job
-        self.device = resolve_device(job.settings.device)
-        self.dataset = Dataset.open(job.dataset)
-        self.spec = SliceSpec.from_dict(job.preprocessing)
-        self.registration = self.segmentor = None
-        if job.models.get("registration") and job.settings.mode != "segmentor":
-            self.registration = load_model_folder(job.models["registration"], device=self.device, kind="registration").model
-        if job.models.get("segmentor"):
-            self.segmentor = load_model_folder(job.models["segmentor"], device=self.device, kind="segmentor").model
-        self.lut = np.asarray(job.lut, dtype=np.int16)
-        self.num_classes = len(job.labels)
-        self.out = Path(job.out)
-
-    # --- paths -------------------------------------------------------------------------
-    def label_path(self, case: str) -> Path:
-        return self.out / "labelsTr" / f"{case}{self.job.file_ending}"
-
-    def image_path(self, case: str) -> Path:
-        return self.out / "imagesTr" / f"{case}_0000{self.job.file_ending}"
-
-    def provenance_path(self, case: str) -> Path:
-        return self.out / PROVENANCE_DIR / f"{case}.json"
-
-    # --- the work ----------------------------------------------------------------------
-    def _network_labels(self, case: str, image) -> tuple[np.ndarray, str | None]:
-        from jointreg.data.nifti import same_geometry
-
-        path = self.dataset.label_path(case)
-        ignore = self.num_classes
-        if not path.exists():
-            return np.full(image.shape, ignore, np.int16), None
-        label = self.dataset.read_label(case)
-        problem = same_geometry(image, label)
-        if problem:
-            raise InputError(path, f"does not fit its image: {problem}")
-        top = int(label.array.max()) if label.array.size else 0
-        if top >= len(self.lut):
-            raise InputError(path, f"label value {top} is not declared in dataset.json")
-        return self.lut[label.array], str(path.resolve())
-
-    def __call__(self, case: str) -> dict[str, Any]:
-        """Label one case and write its image link, label and provenance (in that order)."""
-        import torch
-
-        from jointreg.data.nifti import write_volume
-        from jointreg.data.slices import slice_volume
-        from jointreg.inference.segment import channel_argmax
-        from jointreg.utils.atomic import write_json
-
-        job, settings, k = self.job, self.job.settings, self.num_classes
-        source_image = self.dataset.image_path(case)
-        _link_or_copy(source_image, self.image_path(case))
-        image = self.dataset.read_image(case)
-        labels, label_source = self._network_labels(case, image)
-        sliced = slice_volume(image, None, self.spec, modality=job.modality, ignore_label=None, case=case)
-        axis = sliced.axis
-        stack = np.moveaxis(labels, axis, 0)  # (S, h, w) view, source grid
-        unknown_per_slice = (stack == k).reshape(stack.shape[0], -1).sum(1)
-        known_per_slice = stack[0].size - unknown_per_slice
-        targets = [int(s) for s in np.flatnonzero(unknown_per_slice)]
-        annotated = [int(s) for s in np.flatnonzero(known_per_slice)]
-        slices: list[dict[str, Any]] = [
-            {"index": s, "annotation": "complete" if not unknown_per_slice[s] else ("partial" if known_per_slice[s] else "none")}
-            for s in range(stack.shape[0])
-        ]
-        case_method = "annotation"
-        result = np.array(stack, dtype=np.int16, copy=True)
-        if targets:
-            # Labels on the training grid, as slice_volume makes them ("ignore" everywhere on
-            # unannotated slices, background padding), but only the annotated slices are
-            # resampled: label resampling is the costly part of slicing.
-            grid_labels = np.full(sliced.images.shape, k, np.int16)
-            if annotated:
-                grid_labels[annotated] = sliced.geometry.to_training(np.ascontiguousarray(stack[annotated]), "label")
-            with torch.no_grad():
-                probs, info, case_method = self._label_targets(sliced.images, grid_labels, targets, annotated, case)
-            source_probs = sliced.geometry.to_source(probs, "probabilities")  # (T, K, h, w)
-            pseudo = channel_argmax(source_probs, 1)
-            for i, t in enumerate(targets):
-                missing = result[t] == k
-                result[t][missing] = pseudo[i][missing]
-                entry = slices[t]
-                entry["method"] = info[i].method
-                if info[i].sources:
-                    entry["sources"] = [s.to_json() for s in info[i].sources]
-                for key in ("registration_weight", "agreement", "uncovered_fraction"):
-                    value = getattr(info[i], key)
-                    if value is not None:
-                        entry[key] = value
-        final = np.moveaxis(result, 0, axis)
-        write_volume(self.label_path(case), final, reference=image, is_label=True)
-        provenance = {
-            "case": case,
-            "image": f"imagesTr/{self.image_path(case).name}",
-            "label": f"labelsTr/{self.label_path(case).name}",
-            "source_image": str(source_image.resolve()),
-            "source_label": label_source,
-            "method": case_method,
-            **settings.result_settings(),
-            "radius": job.radius,
-            "models": job.models,
-            "axis": int(axis),
-            "num_slices": int(stack.shape[0]),
-            "annotated_slices": annotated,
-            "voxels": {"annotated": int(known_per_slice.sum()), "pseudo_labelled": int(unknown_per_slice.sum())},
-            "slices": slices,
-        }
-        write_json(self.provenance_path(case), provenance)
-        return {"case": case, "method": case_method, "pseudo_slices": len(targets)}
-
-    def _label_targets(self, images: np.ndarray, labels: np.ndarray, targets: list[int], annotated: list[int], case: str):
-        """Fused probabilities ``(T, K, H, W)`` of the target slices on the training grid, their
-        :class:`~jointreg.inference.propagate.FusedSlice` records, and the case's method."""
-        import torch
-
-        from jointreg.inference.propagate import fuse, propagate_chain, propagate_direct
-        from jointreg.inference.segment import predict_stack
-
-        settings, k = self.job.settings, self.num_classes
-        estimate = None
-        mode = settings.mode
-        if mode != "segmentor" and annotated and self.registration is not None:
-            common = dict(num_classes=k, ignore_index=k, radius=self.job.radius, batch_size=settings.batch_size, device=self.device)
-            if settings.propagation == "chain":
-                estimate = propagate_chain(self.registration, images, labels, targets, annotated, **common)
-            else:
-                estimate = propagate_direct(
-                    self.registration, images, labels, targets, annotated, per_side=settings.source_slices, **common
-                )
-        seg = None
-        needs_segmentor = mode != "registration" or estimate is None or bool((~estimate.probabilities()[1]).any())
-        if needs_segmentor:
-            if self.segmentor is None:
-                if estimate is None:
-                    raise InputError(
-                        self.dataset.label_path(case),
-                        "no annotated voxel in this case and the run has no segmentor to fall back on",
-                    )
-            else:
-                probs = predict_stack(self.segmentor, images[targets], batch_size=settings.batch_size, device=self.device)
-                seg = torch.from_numpy(probs).to(self.device)
-        fused, info = fuse(mode, estimate, seg, num_classes=k)
-        case_method = mode if estimate is not None and any(estimate.sources) else "segmentor (no annotated slice)"
-        if mode == "segmentor":
-            case_method = "segmentor"
-        return fused.cpu().numpy(), info, case_method
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    """Hard-link ``source`` to ``target`` (a copy across file systems), atomically."""
-    from jointreg.utils.atomic import temporary_sibling
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists() and os.path.samefile(source, target):
-        # Already linked by an earlier (interrupted) run. rename() onto a hard link of the same
-        # file would do nothing and leave the temporary name behind.
-        return
-    tmp = temporary_sibling(target)
-    try:
-        try:
-            os.link(source, tmp)
-        except OSError:
-            shutil.copy2(source, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-# --------------------------------------------------------------------------------------------
-# workers
-# --------------------------------------------------------------------------------------------
-_WORKER: CaseLabeller | None = None
-
-
-def _init_worker(job: _Job) -> None:
-    global _WORKER
-    _WORKER = CaseLabeller(job)
-
-
-def _work(case: str) -> tuple[str, Any]:
-    assert _WORKER is not None
-    try:
-        return "ok", _WORKER(case)
-    except JointregError as exc:
-        # Our errors do not unpickle (InputError takes two arguments): send the message.
-        return "error", str(exc)
-
-
-def worker_threads(workers: int) -> int:
-    """Torch threads per worker: ``max(1, cores // workers)``."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(1, workers))
 
 
 # --------------------------------------------------------------------------------------------
@@ -525,7 +241,7 @@ def pseudolabel_dataset(
         log.warning("%s has no 'ignore' label: every voxel is annotated, labels are copied", source.root)
     if dropped:
         log.warning("the run's networks do not predict %s: annotated voxels of these classes become background", ", ".join(dropped))
-    job = _Job(
+    job = CaseJob(
         dataset=str(source.root.resolve()), out=str(out.resolve()), models=model_paths, settings=settings,
         preprocessing=dict(main_config.get("preprocessing", {})), labels=labels, lut=tuple(int(v) for v in lut),
         radius=radius, modality=source.spec.modality, file_ending=source.spec.file_ending,
@@ -537,7 +253,7 @@ def pseudolabel_dataset(
     methods: dict[str, int] = {}
     bar = tqdm(total=len(cases), initial=len(finished), desc="pseudolabel", unit="case", disable=None if progress else True)
     with bar:
-        for result in _run_cases(job, todo, workers):
+        for result in run_cases(job, todo, workers):
             methods[result["method"]] = methods.get(result["method"], 0) + 1
             bar.update(1)
     return {
@@ -552,25 +268,3 @@ def pseudolabel_dataset(
 
 def _finished(out: Path, case: str, ending: str) -> bool:
     return (out / "labelsTr" / f"{case}{ending}").is_file() and (out / PROVENANCE_DIR / f"{case}.json").is_file()
-
-
-def _run_cases(job: _Job, todo: list[str], workers: int):
-    """Yield each case's result; in this process for one worker, else in a spawn pool."""
-    if not todo:
-        return
-    workers = min(workers, len(todo))
-    if workers == 1:
-        labeller = CaseLabeller(job)
-        for case in todo:
-            yield labeller(case)
-        return
-    import multiprocessing
-
-    job = replace(job, threads=worker_threads(workers))
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_init_worker, initargs=(job,)) as pool:
-        for status, value in pool.imap_unordered(_work, todo):
-            if status == "error":
-                pool.terminate()
-                raise JointregError(value)
-            yield value

@@ -1,8 +1,9 @@
-"""Segment 2D slice stacks and whole volumes with a 2D segmentor.
+"""Segment whole volumes with a 2D segmentor.
 
 A 2D segmentor runs slice by slice along the axis it was trained on; predictions are mapped back
 from the training grid to the source grid (probabilities resampled linearly, then argmax) and
-written with the input's affine and header.
+written with the input's affine and header. The slice-stack building blocks are
+:mod:`jointreg.inference.predict`; the inputs are expanded by :mod:`jointreg.inference.case_inputs`.
 
 Inputs whose geometry differs from the training data are still segmented, with a warning:
 
@@ -35,8 +36,12 @@ import numpy as np
 import torch
 
 from jointreg.data.nifti import Volume
+from jointreg.data.orientation import Reorientation, reorient
 from jointreg.data.slices import SlicedVolume, SliceSpec
 from jointreg.errors import ConfigError, InputError
+from jointreg.inference.case_inputs import check_output_folder, collect_inputs
+from jointreg.inference.predict import segment_sliced_volume
+from jointreg.inference.run_models import resolve_model_folder
 
 log = logging.getLogger(__name__)
 
@@ -45,70 +50,6 @@ TRAINING_GEOMETRY = "training_geometry"
 SPACING_TOLERANCE = 0.5
 PROBABILITIES_DIR = "probabilities"
 MANIFEST_NAME = "segmentation.json"
-
-
-@torch.no_grad()
-def predict_stack(
-    segmentor: torch.nn.Module, images: np.ndarray, *, batch_size: int = 16, device: torch.device | None = None
-) -> np.ndarray:
-    """Class probabilities for a stack of normalised slices.
-
-    Args:
-        segmentor: maps ``(B, 1, H, W)`` to logits ``(B, K, H, W)``.
-        images: ``(S, H, W)`` float32 in the training grid.
-        batch_size: slices per forward pass.
-        device: where to run (default: the segmentor's device).
-
-    Returns:
-        ``(S, K, H, W)`` float32 softmax probabilities.
-    """
-    if device is None:
-        device = next(segmentor.parameters()).device
-    was_training = segmentor.training
-    segmentor.eval()
-    out = []
-    for start in range(0, images.shape[0], batch_size):
-        chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size], np.float32))
-        logits = segmentor(chunk.unsqueeze(1).to(device))
-        out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-    segmentor.train(was_training)
-    return np.concatenate(out) if out else np.zeros((0,), np.float32)
-
-
-def channel_argmax(probs: np.ndarray, axis: int = 0) -> np.ndarray:
-    """``probs.argmax(axis)`` as int16 (ties: the lowest channel), fast for a few channels.
-
-    numpy's and torch's argmax over a non-last axis of a large array are slow on CPUs; a running
-    maximum over the channels is a few elementwise passes.
-    """
-    probs = np.moveaxis(np.asarray(probs), axis, 0)
-    best = np.array(probs[0], dtype=np.float32, copy=True)
-    index = np.zeros(best.shape, dtype=np.int16)
-    for channel in range(1, probs.shape[0]):
-        better = probs[channel] > best
-        index[better] = channel
-        np.maximum(best, probs[channel], out=best)
-    return index
-
-
-def segment_sliced_volume(
-    segmentor: torch.nn.Module,
-    volume: SlicedVolume,
-    *,
-    batch_size: int = 16,
-    device: torch.device | None = None,
-    return_probabilities: bool = False,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Segment a sliced volume and return labels in the SOURCE volume's shape and axis order.
-
-    Returns:
-        ``labels`` (source shape, uint8/int16) and, when asked, ``probabilities``
-        (``(K, *source shape)`` float32).
-    """
-    probs = predict_stack(segmentor, volume.images, batch_size=batch_size, device=device)
-    source_probs = volume.to_volume(probs, "probabilities")  # (K, X, Y, Z)
-    labels = channel_argmax(source_probs, 0)
-    return labels, (source_probs.astype(np.float32) if return_probabilities else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,28 +133,19 @@ def geometry_warnings(
     return messages
 
 
-def _reorient(image: Volume, codes: str) -> tuple[Volume, np.ndarray | None]:
-    """``image`` flipped/permuted into orientation ``codes``, and the transform back (``None``: unchanged)."""
-    from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+def _reorient(image: Volume, codes: str) -> tuple[Volume, Reorientation | None]:
+    """``image`` flipped/permuted into orientation ``codes``, and the way back (``None``: unchanged).
 
-    source = io_orientation(image.affine)
-    target = axcodes2ornt(tuple(codes))
-    forward = ornt_transform(source, target)
-    if np.array_equal(forward, [[0, 1], [1, 1], [2, 1]]):
-        return image, None
-    array = np.ascontiguousarray(apply_orientation(image.array, forward))
-    affine = np.asarray(image.affine) @ inv_ornt_aff(forward, image.shape)
-    return Volume(array, affine, image.header, image.path), ornt_transform(target, source)
+    The rule (exact flips/permutations, affine keeping world positions) is
+    :func:`jointreg.data.orientation.reorient`'s.
+    """
+    working, change = reorient(image, codes)
+    return (image, None) if change.is_identity else (working, change.inverse())
 
 
-def _orient_back(array: np.ndarray, back: np.ndarray | None, *, channels_first: bool = False) -> np.ndarray:
-    from nibabel.orientations import apply_orientation
-
-    if back is None:
-        return array
-    if channels_first:  # (K, X, Y, Z): apply_orientation works on the leading axes
-        return np.ascontiguousarray(np.moveaxis(apply_orientation(np.moveaxis(array, 0, -1), back), -1, 0))
-    return np.ascontiguousarray(apply_orientation(array, back))
+def _orient_back(array: np.ndarray, back: Reorientation | None, *, channels_first: bool = False) -> np.ndarray:
+    """``array`` (``(X, Y, Z)``, or ``(K, X, Y, Z)`` with ``channels_first``) in the input's orientation."""
+    return array if back is None else back.apply(array, channels_first=channels_first)
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,124 +226,6 @@ def segment_volume(
 # --------------------------------------------------------------------------------------------
 # many inputs
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SegmentInput:
-    """One volume to segment.
-
-    Attributes:
-        case: output name (``{case}.nii.gz``).
-        path: the image file.
-        modality: the channel name of the dataset it comes from, or ``None`` (use the model's).
-    """
-
-    case: str
-    path: Path
-    modality: str | None = None
-
-
-def _case_name(path: Path) -> str:
-    from jointreg.data.dataset import CHANNEL_SUFFIX
-    from jointreg.data.nifti import strip_nifti_suffix
-
-    name = strip_nifti_suffix(path.name)
-    # nnU-Net image names carry the channel: case_0000.nii.gz is case "case".
-    return name[: -len(CHANNEL_SUFFIX)] if name.endswith(CHANNEL_SUFFIX) and len(name) > len(CHANNEL_SUFFIX) else name
-
-
-def _nifti_files(folder: Path) -> list[Path]:
-    from jointreg.data.nifti import is_nifti
-    from jointreg.utils.atomic import TMP_PREFIX
-
-    return sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith((".", TMP_PREFIX)))
-
-
-def collect_inputs(inputs: Sequence[str | PathLike[str]]) -> list[SegmentInput]:
-    """Expand files, folders of NIfTI files and dataset folders into volumes to segment.
-
-    A dataset folder (with ``dataset.json``) contributes the cases of ``imagesTr`` and
-    ``imagesTs`` with its channel name; a plain folder contributes its ``.nii``/``.nii.gz``
-    files (not recursive); ``{case}_0000.nii.gz`` is named ``{case}``.
-
-    Raises:
-        InputError: a missing path, a file that is not NIfTI, an empty folder, or two inputs
-            with the same case name.
-    """
-    from jointreg.data.dataset import Dataset
-    from jointreg.data.nifti import is_nifti
-
-    found: list[SegmentInput] = []
-    if not inputs:
-        raise ConfigError("no input given")
-    for raw in inputs:
-        path = Path(raw)
-        if not path.exists():
-            raise InputError(path, "not found")
-        if path.is_file():
-            if not is_nifti(path):
-                raise InputError(path, "not a NIfTI file (.nii or .nii.gz)")
-            found.append(SegmentInput(_case_name(path), path))
-        elif (path / "dataset.json").is_file():
-            dataset = Dataset.open(path)
-            before = len(found)
-            for split in ("Tr", "Ts"):
-                for case in dataset.cases(split):
-                    found.append(SegmentInput(case, dataset.image_path(case, split), dataset.spec.modality))
-            if len(found) == before:
-                raise InputError(path, "dataset has no images in imagesTr/ or imagesTs/")
-        else:
-            files = _nifti_files(path)
-            if not files:
-                raise InputError(path, "folder holds no .nii or .nii.gz file")
-            found += [SegmentInput(_case_name(p), p) for p in files]
-    seen: dict[str, Path] = {}
-    for item in found:
-        if item.case in seen:
-            raise InputError(item.path, f"case name {item.case!r} is also given by {seen[item.case]}; outputs would collide")
-        seen[item.case] = item.path
-    return found
-
-
-def resolve_model_folder(path: str | PathLike[str], kind: str) -> Path:
-    """A model folder of ``kind``, given the folder itself or a run folder (``RUN/export/{kind}``).
-
-    Raises:
-        InputError: a run folder without that export, or a folder that is neither.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, "model folder not found")
-    if (path / "config.json").exists() or not (path / "recipe.yaml").exists():
-        return path
-    exported = path / "export" / kind
-    if not exported.is_dir():
-        raise InputError(
-            path, f"run folder has no exported {kind} (export/{kind} is missing: the run did not finish, "
-            "or it trained no such network); finish it with 'jointreg train --resume RUN'"
-        )
-    return exported
-
-
-def _is_same_or_inside(path: Path, folder: Path) -> bool:
-    path, folder = path.resolve(), folder.resolve()
-    return path == folder or folder in path.parents
-
-
-def check_output_folder(out: Path, inputs: Sequence[SegmentInput], input_roots: Sequence[Path] = ()) -> None:
-    """Refuse an output folder that is an input folder (outputs would mix with, or replace, inputs).
-
-    Raises:
-        InputError: ``out`` is the folder of an input file, or an input folder / dataset folder.
-    """
-    folders = {p.parent.resolve() for p in (i.path for i in inputs)} | {Path(r).resolve() for r in input_roots if Path(r).is_dir()}
-    for folder in sorted(folders):
-        if out.resolve() == folder:
-            raise InputError(out, "the output folder is an input folder; choose another --out")
-    for root in input_roots:
-        root = Path(root)
-        if root.is_dir() and (root / "dataset.json").is_file() and _is_same_or_inside(out, root):
-            raise InputError(out, f"the output folder lies inside the input dataset {root}; choose another --out")
-
-
 def segment_inputs(
     model: str | PathLike[str],
     inputs: Sequence[str | PathLike[str]],

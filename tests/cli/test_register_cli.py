@@ -138,3 +138,11 @@ def test_batch_size_must_be_positive(command, tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "--batch-size: must be >= 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_field_formats_match_the_library():
+    # The command keeps its own copy so that building its parser imports no library code; it must not drift.
+    from jointreg.cli import register as command
+    from jointreg.inference.register_output import FIELD_FORMATS
+
+    assert command.FIELD_FORMATS == FIELD_FORMATS

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from jointreg.data.dataset import Dataset
+from jointreg.data.label_space import label_lookup
 from jointreg.data.nifti import read_label
 from jointreg.errors import ConfigError, InputError
 from jointreg.inference.propagate import nearest_slice_labels
-from jointreg.inference.pseudolabel import PseudolabelSettings, find_run_models, label_lookup, pseudolabel_dataset
+from jointreg.inference.pseudolabel import PseudolabelSettings, pseudolabel_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -151,11 +152,6 @@ def test_bad_requests(trained_run, tmp_path):
     with pytest.raises(InputError, match="is not a jointreg pseudolabel output"):
         pseudolabel_dataset(run, sparse, other, progress=False, overwrite=True)
     assert (other / "keep.txt").read_text() == "mine"
-    unfinished = tmp_path / "unfinished"
-    unfinished.mkdir()
-    (unfinished / "recipe.yaml").write_text("name: x\n")
-    with pytest.raises(InputError, match="is a jointreg run folder without exported models"):
-        find_run_models(unfinished)
     with pytest.raises(ConfigError, match="unknown mode 'vote'"):
         PseudolabelSettings(mode="vote")
     with pytest.raises(ConfigError, match="source-slices must be an integer >= 1"):

@@ -10,19 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from jointreg.data.nifti import Volume, read_image, read_label, write_volume
-from jointreg.data.slices import PlaneGeometry, SliceSpec
+from jointreg.data.nifti import Volume, read_image, read_label
 from jointreg.errors import ConfigError, InputError, JointregError
 from jointreg.export.model_folder import LoadedModel
-from jointreg.inference.register import (
-    AxisMap,
-    parse_slice_map,
-    plane_axis_maps,
-    register_files,
-    register_volumes,
-    resample,
-    resample_labels,
-)
+from jointreg.inference.register import register_files, register_volumes
+from jointreg.inference.register_inputs import parse_slice_map
 from jointreg.nets.registration.output import RegistrationOutput
 from jointreg.spatial.warp import warp
 
@@ -40,7 +32,7 @@ class ConstantFlow(torch.nn.Module):
         flow = torch.zeros(moving.shape[0], len(self.shift), *moving.shape[2:])
         for d, s in enumerate(self.shift):
             flow[:, d] = s if self.value is None else self.value
-        return RegistrationOutput(warp(moving, flow), flow, (flow,))
+        return RegistrationOutput(warp(moving, flow), flow)
 
 
 def loaded(shift=(0.0, 0.0), *, size=(32, 32), axis=None, value=None, normalization="none") -> LoadedModel:
@@ -64,57 +56,6 @@ def labels_like(shape, affine) -> Volume:
 
 
 AFFINE = np.array([[-1.0, 0, 0, 10], [0, 1.0, 0, -5], [0, 0, 5.0, 2], [0, 0, 0, 1]])
-
-
-# --------------------------------------------------------------------------------------------
-# slice maps and grids
-# --------------------------------------------------------------------------------------------
-def test_parse_slice_map_pairs_and_ranges():
-    assert parse_slice_map("3:5,4:6") == [(3, 5), (4, 6)]
-    assert parse_slice_map(["17:15-17", "2:0"]) == [(2, 0), (17, 15), (17, 16), (17, 17)]
-
-
-@pytest.mark.parametrize("text", ["3-5", "a:1", "3:5,4:5", "1:4-2", "", "-1:2"])
-def test_parse_slice_map_rejects_bad_text(text):
-    with pytest.raises(ConfigError):
-        parse_slice_map(text)
-
-
-def test_axis_maps_agree_with_plane_geometry_resampling():
-    # 50 × 30 voxels at 1 × 2 mm on a 32² grid: 27 rows (shrunk, padded 2 + 3) and 32 columns.
-    geometry = PlaneGeometry((50, 30), (1.0, 2.0), (32, 32))
-    rows, cols = plane_axis_maps(geometry)
-    assert (rows.resized, rows.offset, cols.resized, cols.offset) == (27, 2, 32, 0)
-    s = np.arange(50.0)
-    np.testing.assert_allclose(rows.to_source(rows.to_model(s)), s, atol=1e-12)
-    # A ramp along each axis, resampled by the slicer, reads back the source coordinate of
-    # every training pixel (away from the edges, where the resampling clamps): exactly where
-    # the slicer enlarges (axis 1); where it shrinks (axis 0) its antialiasing filter wobbles
-    # by < 0.1 voxel, far below the 0.5 × 50/27 voxels of a half-pixel convention error.
-    for axis, axis_map, tolerance in ((0, rows, 0.1), (1, cols, 1e-4)):
-        ramp = np.broadcast_to(np.arange(geometry.source_shape[axis], dtype=np.float32).reshape((-1, 1) if axis == 0 else (1, -1)), (50, 30))
-        on_grid = geometry.to_training(np.ascontiguousarray(ramp)[None], "image")[0]
-        q = np.arange(32.0)
-        expected = axis_map.to_source(q)
-        inside = slice(axis_map.offset + 2, axis_map.offset + axis_map.resized - 2)
-        line = on_grid[inside, 16] if axis == 0 else on_grid[16, inside]
-        np.testing.assert_allclose(line, expected[inside], atol=tolerance)
-        assert abs(float(np.mean(line - expected[inside]))) < 0.01
-
-
-def test_resample_between_grids_of_different_shapes():
-    image = np.arange(12, dtype=np.float32).reshape(1, 3, 4)  # value = 4 row + column
-    coords = np.stack(np.meshgrid(np.array([0.0, 2.0, 5.0, 1.0, 0.5]), np.array([3.0, 1.5]), indexing="ij"))
-    out = resample(image[None], coords[None])[0, 0]  # (5, 2): larger along axis 0, smaller along axis 1
-    # Row 5 lies beyond the last row (2): the edge is repeated, as in border sampling.
-    expected = np.array([[3.0, 1.5], [11.0, 9.5], [11.0, 9.5], [7.0, 5.5], [5.0, 3.5]])
-    np.testing.assert_allclose(out, expected, atol=1e-6)
-    labels = np.array([[0, 1, 1, 0], [0, 2, 2, 0], [0, 0, 0, 0]], np.int16)
-    warped = resample_labels(labels[None], coords[None])[0]
-    assert warped.dtype == np.int16
-    # (0.5, 1.5) is half label 1, half label 2: the tie goes to the higher id.
-    np.testing.assert_array_equal(warped, [[0, 1], [0, 0], [0, 0], [0, 2], [0, 2]])
-    np.testing.assert_array_equal(resample_labels(labels[None], coords[None], mode="nearest")[0, 4], [0, 1])
 
 
 # --------------------------------------------------------------------------------------------

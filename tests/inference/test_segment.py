@@ -8,17 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from jointreg.data.nifti import Volume, read_image, read_label, write_volume
+from jointreg.data.nifti import Volume, read_image, read_label
 from jointreg.errors import InputError
 from jointreg.export.model_folder import LoadedModel
-from jointreg.inference.segment import (
-    collect_inputs,
-    describe_training_geometry,
-    orientation_codes,
-    resolve_model_folder,
-    segment_inputs,
-    segment_volume,
-)
+from jointreg.inference.segment import describe_training_geometry, orientation_codes, segment_inputs, segment_volume
 
 NO_NORM = {"axis": 2, "size": [12, 10], "normalization": "none", "ct_window": [-160.0, 240.0], "mr_percentiles": [0.5, 99.5]}
 
@@ -140,41 +133,6 @@ def test_describe_training_geometry(trained_run):
     assert geometry["axes"] == [2] and geometry["volumes"] == 3
     config = json.loads((trained_run["run"] / "export" / "segmentor" / "config.json").read_text())
     assert config["extra"]["training_geometry"]["orientations"] == geometry["orientations"]
-
-
-def test_collect_inputs(tmp_path, make_dataset):
-    root = make_dataset(n_cases=2, modality="T2")
-    loose = tmp_path / "loose"
-    loose.mkdir()
-    affine = np.eye(4)
-    for name in ("b_0000.nii.gz", "a.nii", "notes.txt"):
-        if name.endswith(".txt"):
-            (loose / name).write_text("x")
-        else:
-            write_volume(loose / name, np.zeros((4, 4, 2), np.float32), affine=affine)
-    items = collect_inputs([root, loose])
-    assert [(i.case, i.modality) for i in items] == [("case000", "T2"), ("case001", "T2"), ("a", None), ("b", None)]
-    with pytest.raises(InputError, match="case name 'a' is also given by"):
-        collect_inputs([loose, loose / "a.nii"])
-    with pytest.raises(InputError, match="not a NIfTI file"):
-        collect_inputs([loose / "notes.txt"])
-    with pytest.raises(InputError, match="not found"):
-        collect_inputs([tmp_path / "nothing.nii.gz"])
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    with pytest.raises(InputError, match="holds no .nii"):
-        collect_inputs([empty])
-
-
-def test_resolve_model_folder(trained_run, tmp_path):
-    run = trained_run["run"]
-    assert resolve_model_folder(run, "segmentor") == run / "export" / "segmentor"
-    assert resolve_model_folder(run / "export" / "segmentor", "segmentor") == run / "export" / "segmentor"
-    unfinished = tmp_path / "unfinished"
-    unfinished.mkdir()
-    (unfinished / "recipe.yaml").write_text("name: x\n")
-    with pytest.raises(InputError, match="run folder has no exported segmentor"):
-        resolve_model_folder(unfinished, "segmentor")
 
 
 def test_segment_inputs_keeps_the_input_geometry(trained_run, tmp_path):

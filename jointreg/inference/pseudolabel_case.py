@@ -1,0 +1,286 @@
+"""One case of ``jointreg pseudolabel``, and the worker processes that label many.
+
+:class:`CaseLabeller` loads a run's networks once and labels whole cases: it reads the image
+and its sparse label, propagates / segments / fuses (:mod:`jointreg.inference.propagate`) the
+slices with unknown voxels, and writes the image link, the label and the provenance, in that
+order (a case is finished when its provenance exists). :func:`run_cases` runs it in this
+process or in a spawn pool; a :class:`CaseJob` carries everything a worker needs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from jointreg.errors import InputError, JointregError
+
+if TYPE_CHECKING:
+    from jointreg.inference.pseudolabel import PseudolabelSettings
+
+PROVENANCE_DIR = "provenance"
+
+
+@dataclass(frozen=True)
+class CaseJob:
+    """Everything a worker needs (picklable).
+
+    Attributes:
+        dataset: the sparse dataset's folder.
+        out: the output dataset's folder.
+        models: ``registration`` / ``segmentor`` model folders (``None``: not used).
+        settings: mode, propagation, sources, batch size, device.
+        preprocessing: the networks' slicing settings (:class:`~jointreg.data.slices.SliceSpec`).
+        labels: the networks' classes (name → id); ``len(labels)`` is their ignore index.
+        lut: dataset label id → network label id (:func:`jointreg.data.label_space.label_lookup`).
+        radius: the registration's pairing radius in slices (weights ``exp(-distance / radius)``).
+        modality: the dataset's channel name (selects the intensity normalisation).
+        file_ending: the dataset's file ending, e.g. ``.nii.gz``.
+        threads: torch threads of a worker (``None``: leave torch's default).
+    """
+
+    dataset: str
+    out: str
+    models: dict[str, str | None]
+    settings: PseudolabelSettings
+    preprocessing: dict[str, Any]
+    labels: dict[str, int]
+    lut: tuple[int, ...]
+    radius: float
+    modality: str
+    file_ending: str
+    threads: int | None = None
+
+
+class CaseLabeller:
+    """Loads the run's networks once and labels whole cases, writing their outputs."""
+
+    def __init__(self, job: CaseJob):
+        from jointreg.data.dataset import Dataset
+        from jointreg.data.slices import SliceSpec
+        from jointreg.export.model_folder import load_model_folder
+        from jointreg.utils.device import resolve_device, set_threads
+
+        set_threads(job.threads)
+        self.job = job
+        self.device = resolve_device(job.settings.device)
+        self.dataset = Dataset.open(job.dataset)
+        self.spec = SliceSpec.from_dict(job.preprocessing)
+        self.registration = self.segmentor = None
+        if job.models.get("registration") and job.settings.mode != "segmentor":
+            self.registration = load_model_folder(job.models["registration"], device=self.device, kind="registration").model
+        if job.models.get("segmentor"):
+            self.segmentor = load_model_folder(job.models["segmentor"], device=self.device, kind="segmentor").model
+        self.lut = np.asarray(job.lut, dtype=np.int16)
+        self.num_classes = len(job.labels)
+        self.out = Path(job.out)
+
+    # --- paths -------------------------------------------------------------------------
+    def label_path(self, case: str) -> Path:
+        return self.out / "labelsTr" / f"{case}{self.job.file_ending}"
+
+    def image_path(self, case: str) -> Path:
+        return self.out / "imagesTr" / f"{case}_0000{self.job.file_ending}"
+
+    def provenance_path(self, case: str) -> Path:
+        return self.out / PROVENANCE_DIR / f"{case}.json"
+
+    # --- the work ----------------------------------------------------------------------
+    def _network_labels(self, case: str, image) -> tuple[np.ndarray, str | None]:
+        from jointreg.data.nifti import same_geometry
+
+        path = self.dataset.label_path(case)
+        ignore = self.num_classes
+        if not path.exists():
+            return np.full(image.shape, ignore, np.int16), None
+        label = self.dataset.read_label(case)
+        problem = same_geometry(image, label)
+        if problem:
+            raise InputError(path, f"does not fit its image: {problem}")
+        top = int(label.array.max()) if label.array.size else 0
+        if top >= len(self.lut):
+            raise InputError(path, f"label value {top} is not declared in dataset.json")
+        return self.lut[label.array], str(path.resolve())
+
+    def __call__(self, case: str) -> dict[str, Any]:
+        """Label one case and write its image link, label and provenance (in that order)."""
+        import torch
+
+        from jointreg.data.nifti import write_volume
+        from jointreg.data.slices import slice_volume
+        from jointreg.inference.predict import channel_argmax
+        from jointreg.utils.atomic import write_json
+
+        job, settings, k = self.job, self.job.settings, self.num_classes
+        source_image = self.dataset.image_path(case)
+        _link_or_copy(source_image, self.image_path(case))
+        image = self.dataset.read_image(case)
+        labels, label_source = self._network_labels(case, image)
+        sliced = slice_volume(image, None, self.spec, modality=job.modality, ignore_label=None, case=case)
+        axis = sliced.axis
+        stack = np.moveaxis(labels, axis, 0)  # (S, h, w) view, source grid
+        unknown_per_slice = (stack == k).reshape(stack.shape[0], -1).sum(1)
+        known_per_slice = stack[0].size - unknown_per_slice
+        targets = [int(s) for s in np.flatnonzero(unknown_per_slice)]
+        annotated = [int(s) for s in np.flatnonzero(known_per_slice)]
+        slices: list[dict[str, Any]] = [
+            {"index": s, "annotation": "complete" if not unknown_per_slice[s] else ("partial" if known_per_slice[s] else "none")}
+            for s in range(stack.shape[0])
+        ]
+        case_method = "annotation"
+        result = np.array(stack, dtype=np.int16, copy=True)
+        if targets:
+            # Labels on the training grid, as slice_volume makes them ("ignore" everywhere on
+            # unannotated slices, background padding), but only the annotated slices are
+            # resampled: label resampling is the costly part of slicing.
+            grid_labels = np.full(sliced.images.shape, k, np.int16)
+            if annotated:
+                grid_labels[annotated] = sliced.geometry.to_training(np.ascontiguousarray(stack[annotated]), "label")
+            with torch.no_grad():
+                probs, info, case_method = self._label_targets(sliced.images, grid_labels, targets, annotated, case)
+            source_probs = sliced.geometry.to_source(probs, "probabilities")  # (T, K, h, w)
+            pseudo = channel_argmax(source_probs, 1)
+            for i, t in enumerate(targets):
+                missing = result[t] == k
+                result[t][missing] = pseudo[i][missing]
+                entry = slices[t]
+                entry["method"] = info[i].method
+                if info[i].sources:
+                    entry["sources"] = [s.to_json() for s in info[i].sources]
+                for key in ("registration_weight", "agreement", "uncovered_fraction"):
+                    value = getattr(info[i], key)
+                    if value is not None:
+                        entry[key] = value
+        final = np.moveaxis(result, 0, axis)
+        write_volume(self.label_path(case), final, reference=image, is_label=True)
+        provenance = {
+            "case": case,
+            "image": f"imagesTr/{self.image_path(case).name}",
+            "label": f"labelsTr/{self.label_path(case).name}",
+            "source_image": str(source_image.resolve()),
+            "source_label": label_source,
+            "method": case_method,
+            **settings.result_settings(),
+            "radius": job.radius,
+            "models": job.models,
+            "axis": int(axis),
+            "num_slices": int(stack.shape[0]),
+            "annotated_slices": annotated,
+            "voxels": {"annotated": int(known_per_slice.sum()), "pseudo_labelled": int(unknown_per_slice.sum())},
+            "slices": slices,
+        }
+        write_json(self.provenance_path(case), provenance)
+        return {"case": case, "method": case_method, "pseudo_slices": len(targets)}
+
+    def _label_targets(self, images: np.ndarray, labels: np.ndarray, targets: list[int], annotated: list[int], case: str):
+        """Fused probabilities ``(T, K, H, W)`` of the target slices on the training grid, their
+        :class:`~jointreg.inference.propagate.FusedSlice` records, and the case's method."""
+        import torch
+
+        from jointreg.inference.propagate import fuse, propagate_chain, propagate_direct
+        from jointreg.inference.predict import predict_stack
+
+        settings, k = self.job.settings, self.num_classes
+        estimate = None
+        mode = settings.mode
+        if mode != "segmentor" and annotated and self.registration is not None:
+            common = dict(num_classes=k, ignore_index=k, radius=self.job.radius, batch_size=settings.batch_size, device=self.device)
+            if settings.propagation == "chain":
+                estimate = propagate_chain(self.registration, images, labels, targets, annotated, **common)
+            else:
+                estimate = propagate_direct(
+                    self.registration, images, labels, targets, annotated, per_side=settings.source_slices, **common
+                )
+        seg = None
+        needs_segmentor = mode != "registration" or estimate is None or bool((~estimate.probabilities()[1]).any())
+        if needs_segmentor:
+            if self.segmentor is None:
+                if estimate is None:
+                    raise InputError(
+                        self.dataset.label_path(case),
+                        "no annotated voxel in this case and the run has no segmentor to fall back on",
+                    )
+            else:
+                probs = predict_stack(self.segmentor, images[targets], batch_size=settings.batch_size, device=self.device)
+                seg = torch.from_numpy(probs).to(self.device)
+        fused, info = fuse(mode, estimate, seg, num_classes=k)
+        case_method = mode if estimate is not None and any(estimate.sources) else "segmentor (no annotated slice)"
+        if mode == "segmentor":
+            case_method = "segmentor"
+        return fused.cpu().numpy(), info, case_method
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link ``source`` to ``target`` (a copy across file systems), atomically."""
+    from jointreg.utils.atomic import temporary_sibling
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and os.path.samefile(source, target):
+        # Already linked by an earlier (interrupted) run. rename() onto a hard link of the same
+        # file would do nothing and leave the temporary name behind.
+        return
+    tmp = temporary_sibling(target)
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copy2(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# workers
+# --------------------------------------------------------------------------------------------
+_WORKER: CaseLabeller | None = None
+
+
+def _init_worker(job: CaseJob) -> None:
+    global _WORKER
+    _WORKER = CaseLabeller(job)
+
+
+def _work(case: str) -> tuple[str, Any]:
+    assert _WORKER is not None
+    try:
+        return "ok", _WORKER(case)
+    except JointregError as exc:
+        # Our errors do not unpickle (InputError takes two arguments): send the message.
+        return "error", str(exc)
+
+
+def worker_threads(workers: int) -> int:
+    """Torch threads per worker: ``max(1, cores // workers)``."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, workers))
+
+
+def run_cases(job: CaseJob, todo: list[str], workers: int):
+    """Yield each case's result; in this process for one worker, else in a spawn pool."""
+    if not todo:
+        return
+    workers = min(workers, len(todo))
+    if workers == 1:
+        labeller = CaseLabeller(job)
+        for case in todo:
+            yield labeller(case)
+        return
+    import multiprocessing
+
+    job = replace(job, threads=worker_threads(workers))
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_init_worker, initargs=(job,)) as pool:
+        for status, value in pool.imap_unordered(_work, todo):
+            if status == "error":
+                pool.terminate()
+                raise JointregError(value)
+            yield value

@@ -1,0 +1,83 @@
+"""The model folders that inference commands take from a run folder (layout: :class:`~jointreg.export.run_folder.RunPaths`).
+
+* :func:`resolve_model_folder` (``jointreg segment --model``): a model folder given directly,
+  or the run folder it was exported to.
+* :func:`find_run_models` (``jointreg pseudolabel --run``): every exported network of a run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+
+from jointreg.errors import InputError
+from jointreg.export.run_folder import MODEL_KINDS, RunPaths
+
+_FINISH_HINT = "finish it with 'jointreg train --resume RUN'"
+
+
+def _relative(paths: RunPaths, folder: Path) -> str:
+    """``folder`` as written in messages: relative to the run folder, with forward slashes."""
+    return folder.relative_to(paths.root).as_posix()
+
+
+def resolve_model_folder(path: str | PathLike[str], kind: str) -> Path:
+    """A model folder of ``kind``, given the folder itself or a run folder (its exported ``kind``).
+
+    A folder with a model ``config.json``, or without a run's recipe, is taken as the model
+    folder itself (:func:`jointreg.export.model_folder.load_model_folder` checks it).
+
+    Raises:
+        InputError: a missing path, or a run folder without that export.
+    """
+    from jointreg.export.model_folder import CONFIG_NAME
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "model folder not found")
+    run = RunPaths(path)
+    if (path / CONFIG_NAME).exists() or not run.is_run():
+        return path
+    exported = run.model(kind)
+    if not exported.is_dir():
+        raise InputError(
+            path, f"run folder has no exported {kind} ({_relative(run, exported)} is missing: the run did not finish, "
+            f"or it trained no such network); {_FINISH_HINT}"
+        )
+    return exported
+
+
+@dataclass(frozen=True)
+class RunModels:
+    """The exported model folders of a run (``None`` where the run trained no such network)."""
+
+    registration: Path | None
+    segmentor: Path | None
+
+
+def find_run_models(run: str | PathLike[str]) -> RunModels:
+    """The exported model folders of a run (checked: format, version, files, kind, 2D).
+
+    Raises:
+        InputError: not a run folder, no exports, a broken model folder, a model of the wrong
+            kind, or a 3D network (pseudo-labelling works on slices).
+    """
+    from jointreg.export.model_folder import read_model_config
+
+    run = Path(run)
+    if not run.is_dir():
+        raise InputError(run, "run folder not found" if not run.exists() else "not a folder")
+    paths = RunPaths(run)
+    found = paths.exported_models()
+    if not found:
+        what = "a jointreg run folder" if paths.is_run() else "a folder"
+        expected = ", ".join(_relative(paths, paths.model(kind)) for kind in MODEL_KINDS)
+        raise InputError(run, f"is {what} without exported models ({expected}): the run has not finished; {_FINISH_HINT}")
+    for kind, folder in found.items():
+        config = read_model_config(folder)
+        if config["kind"] != kind:
+            raise InputError(folder, f"holds a {config['kind']} model, expected a {kind} model")
+        if int(config.get("spatial_dims", 2)) != 2:
+            raise InputError(folder, "pseudolabel needs 2D (slice) networks")
+    return RunModels(found.get("registration"), found.get("segmentor"))
