@@ -22,7 +22,7 @@ Part ``accuracy``: trains every architecture with the shipped registration-only 
 (``recipes/registration_liver_phantom.yaml``, ``recipes/registration_chaos_t2.yaml``; fewer steps,
 ``--steps``) through :func:`jointreg.training.loop.train`, then evaluates on held-out test volumes:
 
-* the FIELD.md protocol at the SOURCE resolution, through ``jointreg register``'s library path
+* the slice-propagation protocol of docs/design.md at the SOURCE resolution, through ``jointreg register``'s library path
   (:func:`jointreg.inference.register.register_volumes`): in each test volume the slice with the
   largest liver area is the moving slice, every slice with liver or within ±6 slices of it is a
   fixed slice; liver Dice of the warped label (one-hot + linear + argmax) against the fixed
@@ -33,7 +33,7 @@ Part ``accuracy``: trains every architecture with the shipped registration-only 
 
 Data: a liver-CT phantom generated on the fly (``--phantom-cases`` training + 4 test volumes,
 seed 0) and ``DATA/chaos_t2`` converted with ``data_tools`` paired-nifti into ``--work`` (liver
-only; test volumes 10, 13, 15, 19, 20, as FIELD.md's VoxelMorph experiment); each run holds one
+only; test volumes 10, 13, 15, 19, 20, the split of docs/design.md); each run holds one
 training volume out for model selection. ``identity`` needs no training. On a quiet 2-core CPU
 one model trains 800 steps (64², batch 8) in about a minute; the whole part takes ~15 min. Run::
 
@@ -65,7 +65,7 @@ if str(REPO) not in sys.path:  # run as a script from a checkout
 
 from jointreg.nets.blocks import ResidualBlock, Upsample, flow_head, pool  # noqa: E402
 from jointreg.nets.registration import create_registration_net  # noqa: E402
-from jointreg.nets.registration.base import RegistrationNet  # noqa: E402
+from jointreg.nets.registration import Prediction, RegistrationNet  # noqa: E402
 from jointreg.spatial import warp_labels  # noqa: E402
 
 DEFAULT_MODELS = ["fmirnet-1", "fmirnet-2", "fmirnet", "fmirnet-diff", "voxelmorph", "voxelmorph-diff"]
@@ -81,9 +81,8 @@ class PlainResidualUNet(RegistrationNet):
     with ``features=(16, 32, 64, 128)``, used as a registration net (flow head + warp)."""
 
     def __init__(self, spatial_dims: int = 2, in_channels: int = 1, features=(16, 32, 64, 128)):
-        super().__init__(spatial_dims, in_channels, diffeomorphic=False, int_steps=0, int_downsize=1)
+        super().__init__(spatial_dims, in_channels)
         features = list(features)
-        self.config = dict(spatial_dims=spatial_dims, in_channels=in_channels, features=features)
         self.multiple = 2 ** (len(features) - 1)
         self.encode = nn.ModuleList()
         previous = 2 * in_channels
@@ -106,8 +105,7 @@ class PlainResidualUNet(RegistrationNet):
         x = skips.pop()
         for k in range(len(self.decode) - 1, -1, -1):
             x = self.decode[k](torch.cat([self.up(x), skips.pop()], 1))
-        field = self.head(x)
-        return field, (field,), None
+        return Prediction(self.head(x))
 
 
 def parse_size(text: str) -> tuple[int, ...]:
@@ -349,7 +347,7 @@ def accuracy_overrides(setting: str, architecture: str, dataset: Path, args: arg
 
 
 def field_protocol(model, dataset: Path, radius: int = 6) -> dict:
-    """FIELD.md's slice-propagation protocol on the test split, at the source resolution.
+    """The slice-propagation protocol (docs/design.md) on the test split, at the source resolution.
 
     ``model`` is a loaded registration model folder, or ``None`` for the identity (copying the
     label). Returns per-pair means and standard deviations and per-volume means.
@@ -472,7 +470,7 @@ def run_accuracy(args: argparse.Namespace) -> dict:
         if cleanup is not None:
             cleanup.cleanup()
             args.work = None
-    return {"protocol": "FIELD.md (moving = largest-liver slice; fixed = liver slices or within ±6); source resolution",
+    return {"protocol": "docs/design.md (moving = largest-liver slice; fixed = liver slices or within ±6); source resolution",
             "steps": args.steps, "settings": results}
 
 

@@ -161,8 +161,13 @@ def flow_head(spatial_dims: int, in_channels: int, init_std: float = 1e-5) -> nn
 def pad_to_multiple(x: Tensor, multiple: int, mode: str = "replicate") -> Tensor:
     """Pad the END of every spatial axis so that its size is a multiple of ``multiple``.
 
-    Padding only at the end keeps voxel ``0`` at the origin at every pyramid level, so a crop
-    ``[:n]`` (``[:ceil(n / 2**k)]`` at level ``k``) undoes it exactly.
+    The one padding rule of every network (registration and segmentation): padding only at the
+    end keeps voxel ``0`` at the origin at every pyramid level, so a crop ``[:n]``
+    (``[:ceil(n / 2**k)]`` at level ``k``) undoes it exactly; and the edge values are repeated,
+    because a zero border is an edge the image does not have (after normalisation 0 is the
+    darkest tissue, or air) that convolutions near the border would respond to. The segmentors
+    used to zero-pad; both rules give the same result wherever no padding is needed, which is
+    the case for every training size that is a multiple of the network's stride.
 
     Args:
         x: ``(B, C, *S)``.

@@ -1,39 +1,91 @@
-"""What every registration network shares: input checks, padding to the size the network
-needs, optional velocity integration, warping, and the :class:`RegistrationOutput`."""
+"""What every registration network shares: input checks, padding to the size the network needs,
+the integration strategy, warping, and the :class:`RegistrationOutput`.
+
+A network subclasses :class:`RegistrationNet`, builds its layers, implements :meth:`predict` and
+registers itself with :func:`jointreg.nets.registration.registry.register` in its own file; its
+constructor arguments are captured as ``net.config`` without any code in the network.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
 from jointreg.nets.blocks import crop_to, pad_to_multiple
-from jointreg.nets.registration.output import RegistrationOutput
-from jointreg.spatial.integrate import IntegrateVelocity
+from jointreg.nets.registration.integration import Displacement, FieldIntegration
+from jointreg.nets.registration.output import Prediction, RegistrationOutput
 from jointreg.spatial.warp import Warp
 
 
+def _plain(value: Any) -> Any:
+    """JSON-friendly form of a constructor argument (tuples become lists)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
 class RegistrationNet(nn.Module):
-    """Base class: subclasses build their layers and implement :meth:`predict`.
+    """Base class of every registration network.
 
     ``forward(moving, fixed)`` accepts any spatial size: inputs are padded at the end of each
-    axis (edge values repeated) to a multiple of :attr:`multiple`, the fields are cropped back,
-    and the ORIGINAL moving image is warped. In diffeomorphic mode the full-resolution field is a
-    stationary velocity, integrated by scaling and squaring (on the padded grid, so that the
-    integration sees the same context as the network).
+    axis (edge values repeated) to a multiple of :attr:`multiple`, :meth:`predict` runs on the
+    padded pair, the integration strategy turns its field into the displacement (on the padded
+    grid, so that integration sees the same context as the network), every spatial output is
+    cropped back, and the ORIGINAL moving image is warped.
+
+    Subclasses call ``super().__init__(spatial_dims, in_channels, integration)`` and may set:
 
     Attributes:
-        config: constructor keyword arguments (JSON-serialisable); ``type(m)(**m.config)``
-            rebuilds the architecture.
+        config: the constructor's keyword arguments, captured automatically (JSON-serialisable);
+            ``type(m)(**m.config)`` rebuilds the architecture.
         spatial_dims: 2 or 3.
         in_channels: channels of each of the moving and fixed images.
         multiple: every padded spatial size is a multiple of this.
+        penalty_weights: class attribute, the default weight of each named penalty the network
+            emits (the recipe's ``registration.penalties`` overrides them).
     """
 
     config: dict
     multiple: int = 1
+    penalty_weights: ClassVar[Mapping[str, float]] = {}
 
-    def __init__(self, spatial_dims: int, in_channels: int, diffeomorphic: bool, int_steps: int, int_downsize: int):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" not in cls.__dict__:
+            return
+        init = cls.__init__
+        signature = inspect.signature(init)
+
+        @functools.wraps(init)
+        def capturing_init(self, *args: Any, **kw: Any) -> None:
+            outermost = not getattr(self, "_capturing", False)
+            if outermost:
+                object.__setattr__(self, "_capturing", True)
+            try:
+                init(self, *args, **kw)
+            finally:
+                if outermost:
+                    object.__delattr__(self, "_capturing")
+            if outermost:
+                bound = signature.bind(self, *args, **kw)
+                bound.apply_defaults()
+                self.config = {k: _plain(v) for k, v in list(bound.arguments.items())[1:]}
+
+        cls.__init__ = capturing_init
+
+    @classmethod
+    def tiny_arguments(cls) -> dict[str, Any]:
+        """Constructor arguments of a narrow version for tests of behaviour (not accuracy)."""
+        return {}
+
+    def __init__(self, spatial_dims: int, in_channels: int, integration: FieldIntegration | None = None):
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3; got {spatial_dims!r}")
@@ -41,20 +93,18 @@ class RegistrationNet(nn.Module):
             raise ValueError(f"in_channels must be >= 1; got {in_channels!r}")
         self.spatial_dims = int(spatial_dims)
         self.in_channels = int(in_channels)
-        self.diffeomorphic = bool(diffeomorphic)
-        self.integrate = IntegrateVelocity(int_steps, int_downsize) if diffeomorphic else None
+        self.integration = integration if integration is not None else Displacement()
         self.transformer = Warp(mode="bilinear", padding_mode="border")
 
-    def predict(self, moving: Tensor, fixed: Tensor) -> tuple[Tensor, tuple[Tensor, ...], Tensor | None]:
+    def predict(self, moving: Tensor, fixed: Tensor) -> Prediction:
         """The network proper, on padded inputs.
 
         Args:
-            moving, fixed: ``(B, C, *S)`` with every size a multiple of :attr:`multiple`.
+            moving, fixed: ``(B, C, *P)`` with every size a multiple of :attr:`multiple`.
 
         Returns:
-            ``(field, per_scale, attention)``: the full-resolution field ``(B, D, *S)``
-            (displacement, or velocity in diffeomorphic mode), the per-scale fields finest first
-            (``per_scale[k]`` at ``S / 2**k``), and attention weights ``(B, D, *S)`` or ``None``.
+            :class:`Prediction`: the field ``(B, D, *P)`` for the integration strategy, plus
+            optional spatial maps, extras and penalties.
         """
         raise NotImplementedError
 
@@ -79,25 +129,29 @@ class RegistrationNet(nn.Module):
 
         Returns:
             :class:`RegistrationOutput` with ``warped`` ``(B, C, *S)``, ``flow`` ``(B, D, *S)`` in
-            voxels, per-scale ``flows``, ``velocity`` (diffeomorphic mode) and ``attention``.
+            voxels, and the network's extras and penalties.
         """
         self._check(moving, fixed)
         size = [int(n) for n in moving.shape[2:]]
-        field, per_scale, attention = self.predict(
-            pad_to_multiple(moving, self.multiple), pad_to_multiple(fixed, self.multiple)
-        )
-        velocity = None
-        if self.integrate is not None:
-            velocity = crop_to(field, size)
-            field = self.integrate(field)
-        flow = crop_to(field, size)
-        flows = tuple(
-            crop_to(f, [math.ceil(n / 2**k) for n in size]) for k, f in enumerate(per_scale)
-        )
-        if attention is not None:
-            attention = crop_to(attention, size)
+        padded = pad_to_multiple(moving, self.multiple), pad_to_multiple(fixed, self.multiple)
+        prediction = self.predict(*padded)
+        grid = [int(n) for n in prediction.field.shape[2:]]
+        extras: dict[str, Any] = {name: _crop_like(value, grid, size) for name, value in prediction.fields.items()}
+        extras.update(prediction.extras)
+        if self.integration.keeps is not None:
+            extras[self.integration.keeps] = crop_to(prediction.field, size)
+        flow = crop_to(self.integration(prediction.field), size)
         warped = self.transformer(moving, flow)
-        return RegistrationOutput(warped=warped, flow=flow, flows=flows, velocity=velocity, attention=attention)
+        return RegistrationOutput(warped=warped, flow=flow, extras=extras, penalties=dict(prediction.penalties))
 
     def extra_repr(self) -> str:
-        return f"spatial_dims={self.spatial_dims}, in_channels={self.in_channels}, diffeomorphic={self.diffeomorphic}"
+        return f"spatial_dims={self.spatial_dims}, in_channels={self.in_channels}"
+
+
+def _crop_like(value: Tensor | tuple[Tensor, ...], grid: list[int], size: list[int]) -> Tensor | tuple[Tensor, ...]:
+    """Crop a spatial map on the padded grid (or a coarser level of it) back to the input size."""
+    if isinstance(value, (tuple, list)):
+        return tuple(_crop_like(v, grid, size) for v in value)
+    shape = [int(n) for n in value.shape[2:]]
+    factors = [g // s for g, s in zip(grid, shape)]
+    return crop_to(value, [math.ceil(n / f) for n, f in zip(size, factors)])

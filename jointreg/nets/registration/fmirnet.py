@@ -31,11 +31,22 @@ from torch import Tensor, nn
 
 from jointreg.nets.blocks import ConvBlock, ResidualBlock, Upsample, conv, flow_head, pool
 from jointreg.nets.registration.base import RegistrationNet
+from jointreg.nets.registration.integration import velocity_or_displacement
+from jointreg.nets.registration.output import Prediction
+from jointreg.nets.registration.registry import register
 from jointreg.spatial.integrate import resize_flow
 
 DEFAULT_FEATURES = (16, 32, 32, 48, 64)
 
 
+@register("fmirnet", preset={"scales": 3}, description="FMIRNet, three scales fused with spatial attention")
+@register("fmirnet-3", preset={"scales": 3}, description="same as fmirnet")
+@register("fmirnet-2", preset={"scales": 2}, description="FMIRNet ablation: full and 1/2 scales")
+@register("fmirnet-1", preset={"scales": 1}, description="FMIRNet ablation: full scale only")
+@register(
+    "fmirnet-diff", preset={"scales": 3, "diffeomorphic": True},
+    description="FMIRNet, fused field integrated as a velocity",
+)
 class FMIRNet(RegistrationNet):
     """FMIRNet registration network (2D or 3D).
 
@@ -67,17 +78,12 @@ class FMIRNet(RegistrationNet):
         act: str = "leakyrelu",
         flow_init_std: float = 1e-5,
     ):
-        super().__init__(spatial_dims, in_channels, diffeomorphic, int_steps, int_downsize)
+        super().__init__(spatial_dims, in_channels, velocity_or_displacement(diffeomorphic, int_steps, int_downsize))
         features = [int(f) for f in features]
         if len(features) < 3:
             raise ValueError(f"features needs at least 3 levels (full, 1/2, 1/4); got {features}")
         if scales not in (1, 2, 3):
             raise ValueError(f"scales must be 1, 2 or 3; got {scales!r}")
-        self.config = dict(
-            spatial_dims=spatial_dims, in_channels=in_channels, features=features, scales=scales,
-            diffeomorphic=diffeomorphic, int_steps=int_steps, int_downsize=int_downsize,
-            attention=attention, norm=norm, act=act, flow_init_std=flow_init_std,
-        )
         self.scales = scales
         self.multiple = 2 ** (len(features) - 1)
         dims, pair = spatial_dims, 2 * in_channels
@@ -101,7 +107,11 @@ class FMIRNet(RegistrationNet):
         self.heads = nn.ModuleList(flow_head(dims, features[k], flow_init_std) for k in range(scales))
         self.attend = conv(dims, dims, dims, kernel_size=3) if attention else None
 
-    def predict(self, moving: Tensor, fixed: Tensor) -> tuple[Tensor, tuple[Tensor, ...], Tensor | None]:
+    @classmethod
+    def tiny_arguments(cls) -> dict:
+        return {"features": [4, 8, 8]}
+
+    def predict(self, moving: Tensor, fixed: Tensor) -> Prediction:
         pyramid = [torch.cat([moving, fixed], dim=1)]
         for _ in range(2):
             pyramid.append(self.downscale(pyramid[-1]))
@@ -121,8 +131,9 @@ class FMIRNet(RegistrationNet):
         fused = per_scale[0]
         for field in per_scale[1:]:
             fused = fused + resize_flow(field, size)
-        weights = None
+        fields: dict = {"flows": per_scale}
         if self.attend is not None:
             weights = torch.sigmoid(self.attend(fused))
             fused = weights * fused
-        return fused, per_scale, weights
+            fields["attention"] = weights
+        return Prediction(fused, fields=fields)

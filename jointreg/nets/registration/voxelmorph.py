@@ -23,8 +23,16 @@ from torch import Tensor, nn
 
 from jointreg.nets.blocks import ConvBlock, Upsample, flow_head, pool
 from jointreg.nets.registration.base import RegistrationNet
+from jointreg.nets.registration.integration import velocity_or_displacement
+from jointreg.nets.registration.output import Prediction
+from jointreg.nets.registration.registry import register
 
 
+@register("voxelmorph", preset={"diffeomorphic": False}, description="VoxelMorph, displacement field")
+@register(
+    "voxelmorph-diff", preset={"diffeomorphic": True},
+    description="VoxelMorph, diffeomorphic (SVF + scaling and squaring)",
+)
 class VoxelMorph(RegistrationNet):
     """VoxelMorph UNet registration (2D or 3D).
 
@@ -51,15 +59,10 @@ class VoxelMorph(RegistrationNet):
         int_downsize: int = 2,
         flow_init_std: float = 1e-5,
     ):
-        super().__init__(spatial_dims, in_channels, diffeomorphic, int_steps, int_downsize)
+        super().__init__(spatial_dims, in_channels, velocity_or_displacement(diffeomorphic, int_steps, int_downsize))
         enc, dec = [int(c) for c in enc], [int(c) for c in dec]
         if not enc or len(dec) < len(enc):
             raise ValueError(f"need at least one encoder level and len(dec) >= len(enc); got enc={enc}, dec={dec}")
-        self.config = dict(
-            spatial_dims=spatial_dims, in_channels=in_channels, enc=enc, dec=dec,
-            diffeomorphic=diffeomorphic, int_steps=int_steps, int_downsize=int_downsize,
-            flow_init_std=flow_init_std,
-        )
         dims = spatial_dims
         self.multiple = 2 ** len(enc)
         self.encoder = nn.ModuleList()
@@ -79,7 +82,11 @@ class VoxelMorph(RegistrationNet):
             previous = channels
         self.head = flow_head(dims, previous, flow_init_std)
 
-    def predict(self, moving: Tensor, fixed: Tensor) -> tuple[Tensor, tuple[Tensor, ...], Tensor | None]:
+    @classmethod
+    def tiny_arguments(cls) -> dict:
+        return {"enc": [4, 8, 8], "dec": [8, 8, 8, 4]}
+
+    def predict(self, moving: Tensor, fixed: Tensor) -> Prediction:
         x = torch.cat([moving, fixed], dim=1)
         skips = []
         for conv in self.encoder:
@@ -89,4 +96,4 @@ class VoxelMorph(RegistrationNet):
         for conv in self.decoder:
             x = torch.cat([self.up(conv(x)), skips.pop()], dim=1)
         field = self.head(self.remaining(x))
-        return field, (field,), None
+        return Prediction(field, fields={"flows": (field,)})

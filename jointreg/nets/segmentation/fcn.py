@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jointreg.nets.segmentation._padding import crop_to, pad_to_multiple
+from jointreg.nets.blocks import crop_to, pad_to_multiple
 
 
 def _stage(cin: int, cout: int, convs: int) -> nn.Sequential:
@@ -81,7 +81,8 @@ class FCN(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, size = pad_to_multiple(x, self.stride)
+        size = x.shape[2:]
+        x = pad_to_multiple(x, self.stride)
         skips = []
         h = x
         for stage in self.stages:

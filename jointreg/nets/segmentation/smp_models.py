@@ -9,7 +9,7 @@ from torch import nn
 
 from jointreg._compat import import_smp
 from jointreg.errors import ConfigError
-from jointreg.nets.segmentation._padding import crop_to, pad_to_multiple
+from jointreg.nets.blocks import crop_to, pad_to_multiple
 
 
 class SMPSegmentor(nn.Module):
@@ -58,5 +58,6 @@ class SMPSegmentor(nn.Module):
         self.stride = 2**encoder_depth
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, size = pad_to_multiple(x, self.stride)
+        size = x.shape[2:]
+        x = pad_to_multiple(x, self.stride)
         return crop_to(self.net(x), size)

@@ -53,3 +53,19 @@ def test_fcn_learns_to_segment_bright_squares():
         pred = net(x).argmax(1)
     dice = 2 * ((pred == 1) & (y == 1)).sum() / ((pred == 1).sum() + (y == 1).sum())
     assert dice.item() > 0.8
+
+
+@pytest.mark.parametrize("name, kwargs", [("fcn", {}), ("unet", {"encoder_depth": 3, "decoder_channels": [16, 8, 8]})])
+def test_odd_sizes_are_padded_by_repeating_the_edge(name, kwargs):
+    """The segmentors follow the networks' one padding rule (nets.blocks.pad_to_multiple)."""
+    from jointreg.nets.blocks import pad_to_multiple
+
+    torch.manual_seed(0)
+    net = create_segmentor(name, in_channels=1, classes=2, **kwargs).eval()
+    x = torch.rand(1, 1, 37, 45)
+    h, w = (-(-n // net.stride) * net.stride for n in (37, 45))
+    edge = torch.nn.functional.pad(x, (0, w - 45, 0, h - 37), mode="replicate")
+    assert edge[0, 0, -1, -1] == x[0, 0, -1, -1]
+    assert torch.equal(pad_to_multiple(x, net.stride), edge)
+    with torch.no_grad():
+        assert torch.allclose(net(x), net(edge)[..., :37, :45], atol=1e-6)

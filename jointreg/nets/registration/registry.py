@@ -1,0 +1,90 @@
+"""The registry of registration networks: each network file registers its names with
+:func:`register`, and :func:`create_registration_net` builds one by name.
+
+Example (a new network is one file under ``jointreg/nets/registration/`` plus its test)::
+
+    @register("mynet", description="what it is")
+    @register("mynet-diff", preset={"diffeomorphic": True}, description="...")
+    class MyNet(RegistrationNet):
+        ...
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from jointreg.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """A registry name: the class and the constructor arguments the name fixes."""
+
+    cls: type
+    preset: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def tiny_arguments(self) -> dict[str, Any]:
+        """Arguments of a narrow version of this entry for tests (the class's, minus the preset)."""
+        return {k: v for k, v in self.cls.tiny_arguments().items() if k not in self.preset}
+
+
+REGISTRATION_NETS: dict[str, RegistryEntry] = {}
+
+
+def register(name: str, *, preset: Mapping[str, Any] | None = None, description: str = "") -> Callable[[type], type]:
+    """Class decorator: make ``name`` build the decorated network with ``preset`` arguments fixed.
+
+    Raises:
+        ValueError: ``name`` is taken by another class (two files claiming one name).
+    """
+
+    def decorate(cls: type) -> type:
+        existing = REGISTRATION_NETS.get(name)
+        if existing is not None and existing.cls.__qualname__ != cls.__qualname__:
+            raise ValueError(f"registration network name {name!r} is already taken by {existing.cls.__qualname__}")
+        REGISTRATION_NETS[name] = RegistryEntry(cls, dict(preset or {}), description)
+        return cls
+
+    return decorate
+
+
+def unregister(name: str) -> None:
+    """Remove a name (for tests that register an example network)."""
+    REGISTRATION_NETS.pop(name, None)
+
+
+def create_registration_net(name: str, **kwargs: Any):
+    """Build a registration network by registry name.
+
+    Args:
+        name: a registered name (``fmirnet``, ``fmirnet-1``, ``voxelmorph``, ``identity``, ...).
+        **kwargs: constructor arguments (e.g. ``spatial_dims=3``, ``features=[8, 16, 32]``). A
+            saved ``net.config`` can be passed back as is.
+
+    Raises:
+        ConfigError: unknown name, unknown argument, or an argument that contradicts the name
+            (e.g. ``fmirnet-1`` with ``scales=3``), or an invalid value.
+    """
+    entry = REGISTRATION_NETS.get(name)
+    if entry is None:
+        raise ConfigError(
+            f"unknown registration network {name!r}; valid names: {', '.join(sorted(REGISTRATION_NETS))}"
+        )
+    for key, value in entry.preset.items():
+        if key in kwargs and kwargs[key] != value:
+            raise ConfigError(f"{name} fixes {key}={value!r}; got {key}={kwargs[key]!r} (choose another name)")
+    arguments = {**kwargs, **entry.preset}
+    parameters = inspect.signature(entry.cls).parameters
+    unknown = sorted(set(arguments) - set(parameters))
+    if unknown:
+        raise ConfigError(
+            f"{name}: unknown argument(s) {', '.join(unknown)}; valid: {', '.join(parameters)}"
+        )
+    try:
+        return entry.cls(**arguments)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{name}: {error}") from error
