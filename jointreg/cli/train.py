@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
 
     from jointreg.errors import ConfigError
     from jointreg.training.config import load_recipe
-    from jointreg.training.loop import read_run_recipe, train
+    from jointreg.training.loop import train
+    from jointreg.training.run_folder import read_run_recipe
 
     if args.resume:
         if args.overrides:

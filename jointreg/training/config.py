@@ -4,7 +4,7 @@ Every knob of a run is a field here; the resolved recipe is written into the run
 (``recipe.yaml``) so a run can always be reproduced and resumed. Unknown keys and wrong types are
 errors naming the key path. Paths in a recipe are relative to the current working directory.
 
-The same recipe type covers every method of the comparison (DESIGN.md):
+The same recipe type covers every method of the comparison:
 
 =====================  ==========================  ============================================
 method                 registration.enabled        segmentation / data
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from jointreg.errors import ConfigError, InputError
+from jointreg.training.recipe_migration import move_propagation_keys
 from jointreg.utils.typed import apply_overrides, from_mapping, to_mapping
 
 
@@ -105,6 +106,8 @@ class RegistrationConfig:
     Attributes:
         anatomy_weight: Dice(warped moving label, segmentor(fixed)) once the segmentor is warm.
         label_weight: Dice(warped moving label, fixed label) for pairs whose fixed slice is annotated.
+        penalties: weights of the network's named penalties (e.g. an affine network's pull
+            towards the identity); unset ones keep the network's default weight.
     """
 
     enabled: bool = True
@@ -117,12 +120,14 @@ class RegistrationConfig:
     smoothness_weight: float = 0.02
     anatomy_weight: float = 0.0
     label_weight: float = 0.0
+    penalties: dict[str, float] = field(default_factory=dict)
     lr: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 8
 
     def __post_init__(self):
         _positive("registration", batch_size=self.batch_size, lr=self.lr)
+        _non_negative("registration.penalties", **self.penalties)
         _non_negative(
             "registration", similarity_weight=self.similarity_weight, ssim_weight=self.ssim_weight,
             smoothness_weight=self.smoothness_weight, anatomy_weight=self.anatomy_weight,
@@ -148,20 +153,51 @@ class AugmentationConfig:
 
 @dataclass(frozen=True)
 class SegmentationConfig:
-    """The segmentor and which labels it learns from.
+    """The segmentor and how much each group of samples weighs in its loss.
 
     Attributes:
         real_weight: loss weight of annotated slices (their real labels).
         warped_weight: weight of warped moving images with their warped labels (exactly aligned).
-        propagated_weight: weight of unannotated fixed images with propagated labels.
+        propagated_weight: weight of unannotated fixed images with propagated labels (how they
+            are labelled: the ``propagation`` section).
+    """
+
+    enabled: bool = True
+    architecture: str = "unet"
+    arguments: dict[str, Any] = field(default_factory=dict)
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    batch_size: int = 8
+    ce_weight: float = 1.0
+    dice_weight: float = 1.0
+    real_weight: float = 1.0
+    warped_weight: float = 0.5
+    propagated_weight: float = 0.5
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+
+    def __post_init__(self):
+        _positive("segmentation", batch_size=self.batch_size, lr=self.lr)
+        _non_negative(
+            "segmentation", ce_weight=self.ce_weight, dice_weight=self.dice_weight,
+            real_weight=self.real_weight, warped_weight=self.warped_weight,
+            propagated_weight=self.propagated_weight,
+        )
+
+
+@dataclass(frozen=True)
+class PropagationConfig:
+    """How registration turns the training volumes' other slices into segmentation samples
+    (the propagated group; policy in :mod:`jointreg.training.propagation`).
+
+    Attributes:
+        radius: slice radius of the propagated pairs (default: ``pairs.radius``); the warped
+            group always uses ``pairs.radius``.
         trust: which criteria decide how much a propagated label is trusted (any combination):
             ``distance``: each propagated slice weighs ``exp(-trust_decay · slice distance)``;
             ``residual``: pixels where the registered moving image still differs from the fixed
             image by more than ``trust_residual`` (intensities in [0, 1]) become ``ignore``;
             ``agreement``: once the segmentor is warm, pixels where it disagrees with the
             propagated label become ``ignore``. An empty list trusts every propagated pixel.
-        propagation_radius: slice radius of the propagated group (default: ``pairs.radius``);
-            the warped group always uses ``pairs.radius``.
         foreground_within: beyond this slice distance a propagated slice is used only as a
             negative: when registration finds every structure absent there (see
             ``absent_residual``) it becomes all background, otherwise it is ignored. Far
@@ -188,49 +224,31 @@ class SegmentationConfig:
             volume, same intensity scale). ``None``: off.
     """
 
-    enabled: bool = True
-    architecture: str = "unet"
-    arguments: dict[str, Any] = field(default_factory=dict)
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
-    batch_size: int = 8
-    ce_weight: float = 1.0
-    dice_weight: float = 1.0
-    real_weight: float = 1.0
-    warped_weight: float = 0.5
-    propagated_weight: float = 0.5
+    radius: int | None = None
     trust: tuple[Literal["distance", "residual", "agreement"], ...] = ("distance",)
     trust_decay: float = 0.15
     trust_residual: float = 0.15
-    propagation_radius: int | None = None
     foreground_within: int | None = None
     absent_residual: float | None = None
     background_margin: int | None = None
     appearance_percentiles: tuple[float, float] | None = None
-    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
 
     def __post_init__(self):
-        _positive("segmentation", batch_size=self.batch_size, lr=self.lr)
-        _non_negative(
-            "segmentation", ce_weight=self.ce_weight, dice_weight=self.dice_weight,
-            real_weight=self.real_weight, warped_weight=self.warped_weight,
-            propagated_weight=self.propagated_weight, trust_decay=self.trust_decay,
-            trust_residual=self.trust_residual,
-        )
-        if self.propagation_radius is not None and self.propagation_radius < 1:
-            raise ConfigError("segmentation.propagation_radius: must be >= 1")
+        _non_negative("propagation", trust_decay=self.trust_decay, trust_residual=self.trust_residual)
+        if self.radius is not None and self.radius < 1:
+            raise ConfigError("propagation.radius: must be >= 1")
         if self.background_margin is not None and self.background_margin < 0:
-            raise ConfigError("segmentation.background_margin: must be >= 0")
+            raise ConfigError("propagation.background_margin: must be >= 0")
         if self.appearance_percentiles is not None:
             lo, hi = self.appearance_percentiles
             if not 0.0 <= lo < hi <= 100.0:
                 raise ConfigError(
-                    f"segmentation.appearance_percentiles: need 0 <= low < high <= 100, got {[lo, hi]}"
+                    f"propagation.appearance_percentiles: need 0 <= low < high <= 100, got {[lo, hi]}"
                 )
             if self.background_margin is None:
-                raise ConfigError("segmentation.appearance_percentiles: needs segmentation.background_margin")
+                raise ConfigError("propagation.appearance_percentiles: needs propagation.background_margin")
         if self.foreground_within is not None and self.foreground_within < 0:
-            raise ConfigError("segmentation.foreground_within: must be >= 0")
+            raise ConfigError("propagation.foreground_within: must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -292,6 +310,7 @@ class Recipe:
     pairs: PairConfig = field(default_factory=PairConfig)
     registration: RegistrationConfig = field(default_factory=RegistrationConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    propagation: PropagationConfig = field(default_factory=PropagationConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
@@ -336,7 +355,8 @@ def recipe_from_dict(data: Any, overrides: list[str] | tuple[str, ...] = ()) -> 
         data = {}
     if not isinstance(data, dict):
         raise ConfigError("a recipe must be a YAML mapping of sections")
-    return from_mapping(Recipe, apply_overrides(data, list(overrides)))
+    data, overrides = move_propagation_keys(data, list(overrides))
+    return from_mapping(Recipe, apply_overrides(data, overrides))
 
 
 def load_recipe(path: str | PathLike[str], overrides: list[str] | tuple[str, ...] = ()) -> Recipe:

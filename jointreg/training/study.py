@@ -1,4 +1,4 @@
-"""Studies: the comparison table of DESIGN.md (the FMIRNet paper's Table 3), from one YAML file.
+"""Studies: the comparison table of docs/design.md (the FMIRNet paper's Table 3), from one YAML file.
 
 A study names a base recipe and, per method, the recipe fields that differ::
 
@@ -131,9 +131,10 @@ def plan_runs(study: StudyConfig, base: Path):
 
 
 def _finished(run_dir: Path, recipe) -> dict[str, Any] | None:
-    from jointreg.training.loop import read_run_recipe, recipe_differences
+    from jointreg.export.run_folder import RunPaths
+    from jointreg.training.run_folder import read_run_recipe, recipe_differences
 
-    summary = run_dir / "summary.json"
+    summary = RunPaths(run_dir).summary
     if not summary.is_file():
         return None
     try:
@@ -149,6 +150,7 @@ def _finished(run_dir: Path, recipe) -> dict[str, Any] | None:
 def run_study(path: str | PathLike[str], *, overrides: list[str] | tuple[str, ...] = (), progress: bool = True,
               only: list[str] | None = None) -> dict[str, Any]:
     """Run (or reuse) every run of a study and write its table, JSON, plots and comparison."""
+    from jointreg.export.run_folder import RunPaths
     from jointreg.training.loop import train
 
     study, base = load_study(path, overrides)
@@ -169,7 +171,7 @@ def run_study(path: str | PathLike[str], *, overrides: list[str] | tuple[str, ..
         else:
             if progress:
                 print(f"[study] {index}/{len(runs)} {method} seed {seed}: training into {run_dir}", flush=True)
-            resume = (run_dir / "checkpoints" / "last").is_dir() and (run_dir / "recipe.yaml").is_file()
+            resume = RunPaths(run_dir).can_resume()
             try:
                 done = train(recipe, run_dir=run_dir, resume=resume, overwrite=not resume, progress=progress)
             except ConfigError:

@@ -43,15 +43,15 @@ def test_overrides_parse_values_as_yaml():
         ({"schedule": {"rounds": 2.5}}, r"schedule.rounds: expected an integer"),
         ({"segmentation": {"enabled": "yes"}}, r"segmentation.enabled: expected true or false"),
         ({"data": {"size": [64]}}, r"data.size: expected 2 values, got 1"),
-        ({"segmentation": {"trust": ["blind"]}}, r"segmentation.trust\[0\]: .blind. is not one of"),
+        ({"propagation": {"trust": ["blind"]}}, r"propagation.trust\[0\]: .blind. is not one of"),
         ({"registration": {"enabled": False}, "segmentation": {"enabled": False}}, "enable registration, segmentation"),
         ({"registration": {"anatomy_weight": 1}, "segmentation": {"enabled": False}}, "anatomy_weight needs"),
         ({"registration": {"lr": -1}}, r"registration.lr: must be > 0"),
         ({"pairs": {"cross_volume": 2}}, r"pairs.cross_volume: must be a probability"),
         ({"name": "a/b"}, "cannot be used as a run folder name"),
-        ({"segmentation": {"background_margin": -1}}, r"segmentation.background_margin: must be >= 0"),
+        ({"propagation": {"background_margin": -1}}, r"propagation.background_margin: must be >= 0"),
         ({"segmentation": {"background_margin": 2, "appearance_percentiles": [99, 1]}}, r"need 0 <= low < high <= 100"),
-        ({"segmentation": {"appearance_percentiles": [1, 99]}}, r"needs segmentation.background_margin"),
+        ({"propagation": {"appearance_percentiles": [1, 99]}}, r"needs propagation.background_margin"),
     ],
 )
 def test_bad_recipes_name_the_key(data, message):
@@ -88,3 +88,15 @@ def test_shipped_recipes_load(tmp_path):
     for path in recipes:
         recipe = load_recipe(path)
         assert recipe.name == path.stem, f"{path.name}: name should match the file name"
+
+
+def test_recipes_from_before_the_propagation_section_still_load(caplog):
+    from jointreg.training.config import recipe_from_dict
+
+    old = {"segmentation": {"propagation_radius": 9, "trust": ["residual"], "background_margin": 2}}
+    recipe = recipe_from_dict(old, ["segmentation.foreground_within=4"])
+    assert recipe.propagation.radius == 9 and recipe.propagation.trust == ("residual",)
+    assert recipe.propagation.background_margin == 2 and recipe.propagation.foreground_within == 4
+    assert "segmentation.trust is now propagation.trust" in caplog.text
+    with pytest.raises(ConfigError, match="segmentation.trust and propagation.trust both given"):
+        recipe_from_dict({"segmentation": {"trust": []}, "propagation": {"trust": []}})

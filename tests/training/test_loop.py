@@ -7,7 +7,8 @@ import torch
 
 from jointreg.errors import ConfigError, InputError
 from jointreg.training.checkpoint import load_checkpoint
-from jointreg.training.loop import build_plan, train
+from jointreg.training.loop import train
+from jointreg.training.plan import build_plan
 
 
 def test_plan_alternates_after_warmups(tiny_recipe):
@@ -22,37 +23,59 @@ def test_plan_alternates_after_warmups(tiny_recipe):
 
 
 @pytest.mark.slow
-def test_joint_run_writes_a_complete_run_folder(tiny_recipe):
-    recipe = tiny_recipe("data.validation_count=1")
-    summary = train(recipe)
-    run = summary["run"]
+def test_joint_run_writes_a_complete_run_folder(tiny_recipe, sparse_phantom):
     from pathlib import Path
 
-    run = Path(run)
-    for name in ("recipe.yaml", "train.log", "summary.json", "tensorboard", "checkpoints/last",
-                 "export/registration/config.json", "export/segmentor/model.safetensors",
-                 "evaluation/summary.md", "evaluation/registration.json"):
-        assert (run / name).exists(), name
+    import nibabel as nib
+    import yaml
+
+    import jointreg
+    from jointreg.data.dataset import Dataset
+    from jointreg.training.config import recipe_from_dict
+
+    recipe = tiny_recipe("data.validation_count=1")
+    summary = train(recipe)
+    run = Path(summary["run"])
+    # The resolved recipe, the summary and the last checkpoint say what was run.
+    assert recipe_from_dict(yaml.safe_load((run / "recipe.yaml").read_text())) == recipe
+    assert json.loads((run / "summary.json").read_text()) == json.loads(json.dumps(summary))
     assert summary["steps"] == 14
     assert summary["registration_steps"] == 7 and summary["segmentation_steps"] == 7
-    assert summary["history"], "validation should have run"
-    assert set(summary["evaluation"]["segmentation"]["classes"]) == {"liver"}
-    predictions = list((run / "predictions").glob("*.nii.gz"))
-    assert len(predictions) == 1
-    import jointreg
-
+    assert load_checkpoint(run / "checkpoints" / "last")["state"]["step"] == 14
+    log = (run / "train.log").read_text()
+    assert "step 0/14 registration" in log and "step 3/14 segmentation" in log
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    # Validation ran after each of the two rounds and selected one of them.
+    assert [h["step"] for h in summary["history"]] == [10, 14]
+    assert summary["best_step"] in (10, 14) and 0.0 <= summary["best_validation"] <= 1.0
+    # Exported models describe themselves.
     seg = jointreg.load_model(run / "export" / "segmentor")
     assert seg.preprocessing["size"] == [32, 32]
-    assert seg.labels["liver"] == 1
+    assert seg.labels == {"background": 0, "liver": 1}
+    reg = json.loads((run / "export" / "registration" / "config.json").read_text())
+    assert reg["architecture"] == "fmirnet" and reg["arguments"]["features"] == [4, 8, 8]
+    # The evaluation covers the one test case, with the input's geometry.
+    assert set(summary["evaluation"]["segmentation"]["classes"]) == {"liver"}
+    assert summary["evaluation"]["cases"] == 1 and summary["evaluation"]["segmentation"]["classes"]["liver"]["dice"]["n"] == 1
+    assert "| liver |" in (run / "evaluation" / "summary.md").read_text()
+    registration = json.loads((run / "evaluation" / "registration.json").read_text())
+    assert registration["pairs"] > 0 and 0.0 <= registration["label_dice"] <= 1.0
+    [prediction] = (run / "predictions").glob("*.nii.gz")
+    dataset = Dataset.open(sparse_phantom)
+    [case] = dataset.cases("Ts")
+    image = nib.load(dataset.image_path(case, "Ts"))
+    written = nib.load(prediction)
+    assert written.shape == image.shape and (abs(written.affine - image.affine) < 1e-5).all()
+    assert set(written.get_fdata().astype(int).ravel()) <= {0, 1}
 
 
 @pytest.mark.slow
 def test_resume_is_exact(tiny_recipe, tmp_path):
     """Stopping after N steps and resuming gives the same weights as running straight through."""
     # The propagated group with registration-derived negatives is on, so its draws are covered too.
-    group = ("segmentation.propagated_weight=0.5", "segmentation.propagation_radius=64", "segmentation.trust=[]",
-             "segmentation.foreground_within=2", "segmentation.background_margin=2",
-             "segmentation.appearance_percentiles=[1, 99]")
+    group = ("segmentation.propagated_weight=0.5", "propagation.radius=64", "propagation.trust=[]",
+             "propagation.foreground_within=2", "propagation.background_margin=2",
+             "propagation.appearance_percentiles=[1, 99]")
     straight = train(tiny_recipe(*group, name="straight"))
     stopped = train(tiny_recipe(*group, name="resumed"), stop_after=6)
     assert stopped["status"] == "stopped" and stopped["step"] == 6
@@ -112,21 +135,29 @@ def test_missing_dataset(tiny_recipe, tmp_path):
         train(tiny_recipe(f"data.dataset={tmp_path / 'nope'}"))
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_recipe):
-    """A registration lr of 1e30 diverges: the run stops with a clear message, checkpoint intact."""
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_recipe, monkeypatch):
+    """A registration step that meets NaN weights stops the run with a clear message; the
+    checkpoint of the last finished round stays, finite."""
+    import jointreg.training.loop as loop
     from jointreg.training.steps import TrainingDiverged
 
-    recipe = tiny_recipe("registration.lr=1e30", "schedule.registration_warmup=0", "schedule.segmentation_warmup=0",
-                         "schedule.rounds=6", name="nan")
-    with pytest.raises(TrainingDiverged, match="(loss|weights) became (nan|inf|NaN or infinite) at step"):
+    real_step = loop.registration_step
+
+    def poisoned(net, *args, step=0, **kwargs):
+        if step == 11:  # the second registration step of round 1; round 0 ended at step 10
+            with torch.no_grad():
+                next(net.parameters()).fill_(float("nan"))
+        return real_step(net, *args, step=step, **kwargs)
+
+    monkeypatch.setattr(loop, "registration_step", poisoned)
+    recipe = tiny_recipe(name="nan")
+    with pytest.raises(TrainingDiverged, match="registration loss became nan at step 11"):
         train(recipe)
     from pathlib import Path
 
-    last = Path(recipe.output) / "nan" / "checkpoints" / "last"
-    if last.exists():
-        state = load_checkpoint(last)
-        for tensor in state["registration"]["model"].values():
-            assert torch.isfinite(tensor).all()
+    state = load_checkpoint(Path(recipe.output) / "nan" / "checkpoints" / "last")
+    assert state["state"]["step"] == 10
+    assert state["registration"]["model"] and all(torch.isfinite(t).all() for t in state["registration"]["model"].values())
 
 
 def test_summary_is_json(tiny_recipe):
@@ -134,8 +165,10 @@ def test_summary_is_json(tiny_recipe):
     from pathlib import Path
 
     on_disk = json.loads((Path(summary["run"]) / "summary.json").read_text())
-    assert on_disk["mode"] == "segmentation"
-    assert on_disk["registration_steps"] == 0
+    assert on_disk == json.loads(json.dumps(summary))
+    assert on_disk["mode"] == "segmentation" and on_disk["status"] == "finished"
+    assert on_disk["registration_steps"] == 0 and on_disk["segmentation_steps"] == on_disk["steps"] == 7
+    assert set(on_disk["exported"]) == {"segmentor"} and "evaluation" not in on_disk
 
 
 def test_class_subset_trains_and_evaluates_on_the_chosen_classes(tiny_recipe):
@@ -150,7 +183,7 @@ def test_class_subset_trains_and_evaluates_on_the_chosen_classes(tiny_recipe):
 
 def test_class_subset_lut_maps_others_to_background(tmp_path):
     from jointreg.data.dataset import DatasetSpec
-    from jointreg.training.loop import class_subset
+    from jointreg.training.data import class_subset
 
     spec = DatasetSpec({"0": "CT"}, {"background": 0, "liver": 1, "kidney": 2, "spleen": 3, "ignore": 4}, 1)
     labels, lut, ignore = class_subset(spec, ("spleen",), tmp_path)

@@ -5,9 +5,12 @@ import pytest
 import torch
 
 from jointreg.data.pairs import PairSampler
-from jointreg.training.batches import labelled_batch, registration_batch
+from jointreg.data.batches import labelled_batch, registration_batch
 from jointreg.training.config import RegistrationConfig, SegmentationConfig
-from jointreg.training.steps import RegistrationLoss, propagate, registration_step, segmentation_step
+from jointreg.training.config import PropagationConfig
+from jointreg.training.objectives import RegistrationObjective
+from jointreg.training.propagation import PropagationPolicy
+from jointreg.training.steps import registration_step, segmentation_step
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +36,7 @@ def test_registration_steps_lower_the_loss_and_beat_identity(volumes):
     sampler = PairSampler(volumes, radius=4)
     pairs = sampler.same_volume_pairs()
     batch = registration_batch(volumes, pairs, ignore_index=5, device=torch.device("cpu"))
-    loss_fn = RegistrationLoss(RegistrationConfig(lr=3e-3, label_weight=0.0), num_classes=5, ignore_index=5)
+    loss_fn = RegistrationObjective(RegistrationConfig(lr=3e-3, label_weight=0.0), num_classes=5, ignore_index=5)
     opt = torch.optim.Adam(reg.parameters(), lr=3e-3)
     with torch.no_grad():
         reg.eval()
@@ -82,7 +85,7 @@ def test_propagation_keeps_real_labels_and_marks_unknown(volumes):
     reg, _ = _nets()
     pairs = PairSampler(volumes, radius=3).same_volume_pairs()[:4]
     batch = registration_batch(volumes, pairs, ignore_index=5, device=torch.device("cpu"))
-    out = propagate(reg, batch, num_classes=5, ignore_index=5, trust=("distance",), trust_decay=0.5)
+    out = PropagationPolicy(PropagationConfig(trust=("distance",), trust_decay=0.5), num_classes=5, ignore_index=5).label(reg, batch)
     known = batch.fixed_label != 5
     assert torch.equal(out.fixed_targets[known], batch.fixed_label[known])
     expected = torch.exp(-0.5 * batch.distance)
@@ -96,19 +99,40 @@ def test_anatomy_term_uses_the_segmentor_without_training_it(volumes):
     before = {k: v.clone() for k, v in seg.state_dict().items()}
     pairs = PairSampler(volumes, radius=3).same_volume_pairs()[:4]
     batch = registration_batch(volumes, pairs, ignore_index=5, device=torch.device("cpu"))
-    loss_fn = RegistrationLoss(RegistrationConfig(anatomy_weight=1.0), num_classes=5, ignore_index=5)
+    loss_fn = RegistrationObjective(RegistrationConfig(anatomy_weight=1.0), num_classes=5, ignore_index=5)
+    import copy
+
+    from jointreg.losses.segmentation import soft_dice
+    from jointreg.spatial.labels import one_hot
+    from jointreg.spatial.warp import warp_onehot
+
+    frozen = copy.deepcopy(reg).train()
     terms = registration_step(reg, torch.optim.Adam(reg.parameters()), batch, loss_fn, segmentor=seg)
-    assert "anatomy_dice" in terms and 0.0 <= terms["anatomy_dice"] <= 1.0
     for k, v in seg.state_dict().items():
         assert torch.equal(v, before[k]), k
+    # The term is 1 − soft Dice of the warped moving label against the segmentor's softmax on
+    # the fixed image, over the annotated (known) pixels, foreground classes only.
+    with torch.no_grad():
+        seg.eval()
+        anatomy = torch.softmax(seg(batch.fixed), 1)
+        warped = warp_onehot(one_hot(batch.moving_label, 5, ignore_index=5), frozen(batch.moving, batch.fixed).flow)
+        known = (warped[:, 5:] < 0.5).float()
+        expected = 1.0 - soft_dice(warped[:, 1:5], anatomy[:, 1:], mask=known)
+    assert terms["anatomy_dice"] == pytest.approx(float(expected), abs=1e-5)
+    # An oracle segmentor that predicts the warped moving label makes the term vanish.
+    oracle = RegistrationObjective(RegistrationConfig(anatomy_weight=1.0), num_classes=5, ignore_index=5)
+    with torch.no_grad():
+        out = frozen(batch.moving, batch.fixed)
+        _, oracle_terms = oracle(out, batch, anatomy=warped[:, :5])
+    assert oracle_terms["anatomy_dice"] < 1e-3
 
 
 def test_residual_trust_ignores_pixels_that_registration_could_not_match(volumes):
     reg, _ = _nets()
     pairs = PairSampler(volumes, radius=3).same_volume_pairs()[:4]
     batch = registration_batch(volumes, pairs, ignore_index=5, device=torch.device("cpu"))
-    strict = propagate(reg, batch, num_classes=5, ignore_index=5, trust=("residual",), trust_residual=0.05)
-    loose = propagate(reg, batch, num_classes=5, ignore_index=5, trust=("residual",), trust_residual=2.0)
+    strict = PropagationPolicy(PropagationConfig(trust=("residual",), trust_residual=0.05), num_classes=5, ignore_index=5).label(reg, batch)
+    loose = PropagationPolicy(PropagationConfig(trust=("residual",), trust_residual=2.0), num_classes=5, ignore_index=5).label(reg, batch)
     unknown_fixed = batch.fixed_label == 5
     mismatch = ((strict.warped_images - batch.fixed).abs() > 0.05) & unknown_fixed
     assert mismatch.any()
@@ -123,29 +147,29 @@ def test_far_slices_become_negatives_only_where_registration_finds_nothing(volum
     pairs = [p for p in sampler.same_volume_pairs() if p.distance in (1, 14)][:8]
     batch = registration_batch(volumes, pairs, ignore_index=5, device=torch.device("cpu"))
     # Without the absence test, far slices that still carry the structure are ignored entirely.
-    kept = propagate(reg, batch, num_classes=5, ignore_index=5, trust=(), foreground_within=2)
+    kept = PropagationPolicy(PropagationConfig(trust=(), foreground_within=2), num_classes=5, ignore_index=5).label(reg, batch)
     for i, pair in enumerate(pairs):
         if pair.distance > 2:
             assert (kept.fixed_targets[i] == 5).all()
         else:
             assert torch.equal(kept.fixed_targets[i], kept.warped_labels[i])
     # With a threshold of 0 every structure is "absent": far slices become all-background negatives.
-    negatives = propagate(reg, batch, num_classes=5, ignore_index=5, trust=(), foreground_within=2, absent_residual=0.0)
+    negatives = PropagationPolicy(PropagationConfig(trust=(), foreground_within=2, absent_residual=0.0), num_classes=5, ignore_index=5).label(reg, batch)
     for i, pair in enumerate(pairs):
         if pair.distance > 2:
             assert (negatives.fixed_targets[i] == 0).all()
         else:  # near slices are never declared empty: a poor match there is a poor warp
             assert torch.equal(negatives.fixed_targets[i], negatives.warped_labels[i])
     # Without foreground_within, absence applies at any distance.
-    anywhere = propagate(reg, batch, num_classes=5, ignore_index=5, trust=(), absent_residual=0.0)
+    anywhere = PropagationPolicy(PropagationConfig(trust=(), absent_residual=0.0), num_classes=5, ignore_index=5).label(reg, batch)
     assert (anywhere.fixed_targets[anywhere.warped_labels != 5] == 0).all()
     # A huge threshold never declares absence.
-    same = propagate(reg, batch, num_classes=5, ignore_index=5, trust=(), absent_residual=1e9)
+    same = PropagationPolicy(PropagationConfig(trust=(), absent_residual=1e9), num_classes=5, ignore_index=5).label(reg, batch)
     assert torch.equal(same.fixed_targets, same.warped_labels)
 
 
 def test_background_beyond_the_propagated_structure():
-    from jointreg.training.steps import _background_beyond
+    from jointreg.training.propagation import background_beyond as _background_beyond
 
     propagated = torch.zeros(2, 1, 12, 12, dtype=torch.int64)
     propagated[:, :, 4:7, 4:7] = 1
@@ -168,7 +192,7 @@ def test_background_beyond_the_propagated_structure():
 
 
 def test_zone_pixels_unlike_the_structure_become_background():
-    from jointreg.training.steps import _background_beyond, _intensity_ranges
+    from jointreg.training.propagation import background_beyond as _background_beyond, intensity_ranges as _intensity_ranges
 
     moving = torch.full((1, 1, 12, 12), 0.1)
     moving_label = torch.zeros(1, 1, 12, 12, dtype=torch.int64)
@@ -196,11 +220,11 @@ class _Identity(torch.nn.Module):
         from jointreg.nets.registration.output import RegistrationOutput
 
         flow = torch.zeros(moving.shape[0], 2, *moving.shape[2:])
-        return RegistrationOutput(warped=moving, flow=flow, flows=(flow,))
+        return RegistrationOutput(warped=moving, flow=flow)
 
 
 def test_propagated_negatives_through_propagate():
-    from jointreg.training.batches import RegistrationBatch
+    from jointreg.data.batches import RegistrationBatch
 
     moving = torch.full((2, 1, 12, 12), 0.2)
     moving_label = torch.zeros(2, 1, 12, 12, dtype=torch.int64)
@@ -210,8 +234,7 @@ def test_propagated_negatives_through_propagate():
     fixed_label = torch.full((2, 1, 12, 12), 2, dtype=torch.int64)
     fixed_label[1, :, 11, :] = 1  # a fixed slice's own labels win
     batch = RegistrationBatch(moving, fixed, moving_label, fixed_label, torch.tensor([1.0, 6.0]), [None, None])
-    out = propagate(_Identity(), batch, num_classes=2, ignore_index=2, trust=(), foreground_within=3,
-                    background_margin=1, appearance_percentiles=(0.0, 100.0))
+    out = PropagationPolicy(PropagationConfig(trust=(), foreground_within=3, background_margin=1, appearance_percentiles=(0.0, 100.0)), num_classes=2, ignore_index=2).label(_Identity(), batch)
     structure = moving_label[0, 0] == 1
     zone = torch.zeros(12, 12, dtype=torch.bool)
     zone[3:8, 3:8] = True

@@ -1,0 +1,101 @@
+"""The end of a run: the selected weights, exported model folders, and the evaluation on the
+dataset's test split."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from jointreg.data.slices import load_sliced_dataset
+from jointreg.export.run_folder import RunPaths
+from jointreg.training.checkpoint import load_checkpoint
+from jointreg.training.config import Recipe
+from jointreg.training.data import TrainingData, remap_volume
+from jointreg.training.networks import Networks, TrainingState, load_weights
+from jointreg.utils.atomic import write_json
+
+log = logging.getLogger(__name__)
+
+
+def finish_run(
+    recipe: Recipe, paths: RunPaths, data: TrainingData, nets: Networks, state: TrainingState,
+    device: torch.device, show_progress: bool,
+) -> dict[str, Any]:
+    """Select the best weights, export the model folders, evaluate, write ``summary.json``."""
+    from jointreg.export.model_folder import save_model_folder
+
+    if state.best_step is not None and paths.best.is_dir():
+        load_weights(nets, load_checkpoint(paths.best))
+        log.info("selected the weights of step %d (validation score %.4f)", state.best_step, state.best_score)
+    preprocessing = data.slice_spec.to_dict()
+    labels = data.labels
+    extra = {"run": recipe.name, "recipe_mode": recipe.mode, "step": state.step}
+    from jointreg.inference.segment import TRAINING_GEOMETRY, describe_training_geometry
+
+    # What `jointreg segment` compares new inputs with (orientation, spacing): see docs/inference.md.
+    extra[TRAINING_GEOMETRY] = describe_training_geometry(data.train)
+    exported = {}
+    if nets.registration is not None:
+        exported["registration"] = str(save_model_folder(
+            paths.model("registration"), nets.registration, kind="registration",
+            architecture=recipe.registration.architecture, preprocessing=preprocessing, labels=labels,
+            modality=data.spec.modality, extra={**extra, "pair_radius": recipe.pairs.radius},
+        ))
+    if nets.segmentor is not None:
+        exported["segmentor"] = str(save_model_folder(
+            paths.model("segmentor"), nets.segmentor, kind="segmentor",
+            architecture=recipe.segmentation.architecture, preprocessing=preprocessing, labels=labels,
+            modality=data.spec.modality, extra=extra,
+        ))
+    summary: dict[str, Any] = {
+        "status": "finished",
+        "run": str(paths.root),
+        "name": recipe.name,
+        "mode": recipe.mode,
+        "steps": state.step,
+        "registration_steps": state.registration_steps,
+        "segmentation_steps": state.segmentation_steps,
+        "stopped_early": state.stopped_early,
+        "best_step": state.best_step,
+        "best_validation": state.best_score,
+        "train_seconds": round(state.elapsed, 1),
+        "device": str(device),
+        "exported": exported,
+        "history": state.history,
+    }
+    if recipe.evaluation.enabled:
+        summary["evaluation"] = evaluate_run_models(recipe, paths, data, nets, progress=show_progress)
+    write_json(paths.summary, summary)
+    return summary
+
+
+def evaluate_run_models(recipe: Recipe, paths: RunPaths, data: TrainingData, nets: Networks, *, progress: bool) -> dict[str, Any]:
+    """Evaluate the final networks on the recipe's evaluation split (source geometry, mm)."""
+    split = recipe.evaluation.split
+    ds = data.dataset
+    cases = [c for c in ds.cases(split) if ds.label_path(c, split).exists()]
+    if not cases:
+        log.warning("no labelled %s cases to evaluate on", split)
+        return {"cases": 0}
+    result: dict[str, Any] = {"split": split, "cases": len(cases)}
+    volumes = [remap_volume(v, data.label_lut, data.ignore_index)
+               for v in load_sliced_dataset(ds, data.slice_spec, split=split, cases=cases, progress=progress)]
+    if nets.segmentor is not None:
+        from jointreg.inference.evaluation import evaluate_segmentor_on_volumes
+
+        result["segmentation"] = evaluate_segmentor_on_volumes(
+            nets.segmentor, volumes, ds, split=split,
+            predictions_dir=paths.predictions if recipe.evaluation.write_predictions else None,
+            report_dir=paths.evaluation, labels=data.foreground_labels, label_lut=data.label_lut,
+            progress=progress,
+        )
+    if nets.registration is not None:
+        from jointreg.inference.evaluation import evaluate_registration_on_volumes
+
+        result["registration"] = evaluate_registration_on_volumes(
+            nets.registration, volumes, radius=recipe.pairs.radius, num_classes=data.num_classes,
+            ignore_index=data.ignore_index, out_json=paths.evaluation / "registration.json",
+        )
+    return result
