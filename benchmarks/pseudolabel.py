@@ -47,6 +47,7 @@ def build_run(folder: Path, labels: dict[str, int], size: int) -> Path:
     import torch
 
     from jointreg.export.model_folder import save_model_folder
+    from jointreg.export.run_folder import RunPaths
     from jointreg.nets.registration import create_registration_net
     from jointreg.nets.segmentation import create_segmentor
 
@@ -57,9 +58,10 @@ def build_run(folder: Path, labels: dict[str, int], size: int) -> Path:
     preprocessing = {"axis": None, "size": [size, size], "normalization": "auto", "ct_window": [-160.0, 240.0],
                      "mr_percentiles": [0.5, 99.5]}
     common = dict(preprocessing=preprocessing, labels=labels, modality="CT")
-    save_model_folder(folder / "export" / "registration", registration, kind="registration", architecture="fmirnet",
+    paths = RunPaths(folder)
+    save_model_folder(paths.model("registration"), registration, kind="registration", architecture="fmirnet",
                       extra={"pair_radius": 6}, **common)
-    save_model_folder(folder / "export" / "segmentor", segmentor, kind="segmentor", architecture="unet", **common)
+    save_model_folder(paths.model("segmentor"), segmentor, kind="segmentor", architecture="unet", **common)
     return folder
 
 
@@ -81,12 +83,15 @@ def pure_forward(run: Path, dataset: Path, *, batch_size: int, threads: int) -> 
     import jointreg
     from jointreg.data.dataset import Dataset
     from jointreg.data.slices import SliceSpec, load_sliced_dataset
+    from jointreg.export.run_folder import RunPaths
     from jointreg.inference.propagate import nearest_sources
 
     torch.set_num_threads(threads)
-    registration = jointreg.load_model(run / "export" / "registration").model
-    segmentor = jointreg.load_model(run / "export" / "segmentor").model
-    spec = SliceSpec.from_dict(jointreg.load_model(run / "export" / "segmentor").preprocessing)
+    paths = RunPaths(run)
+    registration = jointreg.load_model(paths.model("registration")).model
+    loaded = jointreg.load_model(paths.model("segmentor"))
+    segmentor = loaded.model
+    spec = SliceSpec.from_dict(loaded.preprocessing)
     volumes = load_sliced_dataset(Dataset.open(dataset), spec, progress=False)
     pairs, targets = [], []
     for v in volumes:

@@ -38,15 +38,14 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
 from jointreg.data.label_space import label_lookup
 from jointreg.errors import ConfigError, InputError
-from jointreg.inference.propagate import MODES, PROPAGATIONS
-from jointreg.inference.pseudolabel_case import PROVENANCE_DIR, CaseJob, run_cases
+from jointreg.inference.pseudolabel_case import PROVENANCE_DIR, CaseJob, PseudolabelSettings, run_cases
 from jointreg.inference.run_models import find_run_models
 from jointreg.version import __version__
 
@@ -54,41 +53,6 @@ log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "pseudolabel.json"
 DEFAULT_RADIUS = 6
-
-
-@dataclass(frozen=True)
-class PseudolabelSettings:
-    """How pseudo-labels are made.
-
-    Attributes:
-        mode: ``registration``, ``segmentor`` or ``fusion`` (agreement-weighted).
-        propagation: ``direct`` (each source warped straight onto the target) or ``chain``
-            (through the neighbouring slices).
-        source_slices: annotated source slices per side (``direct``; ``chain`` uses 1).
-        batch_size: image pairs / slices per forward pass.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-    """
-
-    mode: str = "fusion"
-    propagation: str = "direct"
-    source_slices: int = 1
-    batch_size: int = 16
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ConfigError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
-        if self.propagation not in PROPAGATIONS:
-            raise ConfigError(f"unknown propagation {self.propagation!r}; valid: {', '.join(PROPAGATIONS)}")
-        for name in ("source_slices", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
-
-    def result_settings(self) -> dict[str, Any]:
-        """The settings that change the labels (checked when a run is resumed)."""
-        per_side = self.source_slices if self.propagation == "direct" else 1
-        return {"mode": self.mode, "propagation": self.propagation, "source_slices": per_side}
 
 
 def _model_config(folder: Path | None) -> dict[str, Any] | None:

@@ -13,16 +13,50 @@ import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from jointreg.errors import InputError, JointregError
+from jointreg.errors import ConfigError, InputError, JointregError
+from jointreg.inference.propagate import MODES, PROPAGATIONS
 
-if TYPE_CHECKING:
-    from jointreg.inference.pseudolabel import PseudolabelSettings
 
 PROVENANCE_DIR = "provenance"
+
+
+@dataclass(frozen=True)
+class PseudolabelSettings:
+    """How pseudo-labels are made.
+
+    Attributes:
+        mode: ``registration``, ``segmentor`` or ``fusion`` (agreement-weighted).
+        propagation: ``direct`` (each source warped straight onto the target) or ``chain``
+            (through the neighbouring slices).
+        source_slices: annotated source slices per side (``direct``; ``chain`` uses 1).
+        batch_size: image pairs / slices per forward pass.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    """
+
+    mode: str = "fusion"
+    propagation: str = "direct"
+    source_slices: int = 1
+    batch_size: int = 16
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
+        if self.propagation not in PROPAGATIONS:
+            raise ConfigError(f"unknown propagation {self.propagation!r}; valid: {', '.join(PROPAGATIONS)}")
+        for name in ("source_slices", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
+
+    def result_settings(self) -> dict[str, Any]:
+        """The settings that change the labels (checked when a run is resumed)."""
+        per_side = self.source_slices if self.propagation == "direct" else 1
+        return {"mode": self.mode, "propagation": self.propagation, "source_slices": per_side}
 
 
 @dataclass(frozen=True)

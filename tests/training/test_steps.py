@@ -1,6 +1,5 @@
 """Registration and segmentation steps on a phantom: losses fall, ignore voxels are excluded."""
 
-import numpy as np
 import pytest
 import torch
 

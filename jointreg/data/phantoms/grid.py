@@ -13,9 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jointreg.data.phantoms.noise import smooth_noise
-
-Shape3 = tuple[int, int, int]
+from jointreg.data.phantoms.noise import Shape3, smooth_noise
 Spacing3 = tuple[float, float, float]
 
 

@@ -8,12 +8,20 @@ only, so that the anatomy drawn for a seed does not depend on the grid shape.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from jointreg.data.phantoms.grid import Grid, Shape3
+Shape3 = tuple[int, int, int]
+
+
+class Grid(Protocol):
+    """What the noise needs of a phantom grid (:class:`jointreg.data.phantoms.grid.Grid`):
+    the voxel-centre coordinates per axis and the field of view, in mm."""
+
+    axes: Sequence[np.ndarray]
+    fov: Sequence[float]
 
 
 def bspline_taps(coords: np.ndarray, extent: float, step: float) -> tuple[int, np.ndarray, np.ndarray]:

@@ -3,7 +3,6 @@ attention, velocity integration, the registry's errors, and a short optimisation
 improve a synthetic registration."""
 
 import math
-import warnings
 
 import pytest
 import torch
