@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from jointreg import __version__
+from jointreg.version import __version__
 from jointreg.errors import JointregError
 
 _DESCRIPTION = (

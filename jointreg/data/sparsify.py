@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from jointreg import __version__
+from jointreg.version import __version__
 from jointreg.data.dataset import Dataset, write_spec
 from jointreg.data.nifti import read_label, write_volume
 from jointreg.data.slices import through_plane_axis

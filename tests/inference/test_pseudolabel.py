@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from jointreg.data.dataset import Dataset
-from jointreg.data.label_space import label_lookup
 from jointreg.data.nifti import read_label
 from jointreg.errors import ConfigError, InputError
 from jointreg.inference.propagate import nearest_slice_labels
@@ -158,13 +157,6 @@ def test_bad_requests(trained_run, tmp_path):
         PseudolabelSettings(source_slices=0)
     with pytest.raises(ConfigError, match="workers must be an integer >= 1"):
         pseudolabel_dataset(run, sparse, tmp_path / "x", workers=0, progress=False)
-
-
-def test_label_lookup_maps_by_name():
-    lut = label_lookup({"background": 0, "liver": 1, "kidney": 2}, 3, {"background": 0, "liver": 1}, Path("d.json"))
-    assert lut.tolist() == [0, 1, 0, 2]  # kidney -> background, ignore -> the networks' ignore (2)
-    with pytest.raises(InputError, match="has no class 'spleen'"):
-        label_lookup({"background": 0, "liver": 1}, None, {"background": 0, "spleen": 1}, Path("d.json"))
 
 
 @pytest.mark.slow
