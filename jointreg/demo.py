@@ -4,8 +4,10 @@
 2. Sparsify it: one annotated slice per training volume, the rest ``ignore``.
 3. Validate it.
 4. Train UNet alone on the annotated slices (the lower bound).
-5. Train RUNet: UNet + FMIRNet, jointly (registration propagates the few labels).
-6. Evaluate both on the held-out test volumes (full labels, millimetres) and print the table.
+5. Train IUNet: the same labelling rules as RUNet with the identity instead of a registration
+   (the baseline that shows what registration itself adds).
+6. Train RUNet: UNet + FMIRNet, jointly (registration propagates the few labels).
+7. Evaluate them on the held-out test volumes (full labels, millimetres) and print the table.
 
 Everything goes into one folder, named at the end. The recipe is
 ``recipes/demo_liver_phantom.yaml`` (shipped as ``jointreg.recipes``).
@@ -16,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -77,12 +79,12 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), *, overwr
             "registration.batch_size=2", "segmentation.batch_size=2", "logging.image_every=0",
             "segmentation.arguments.encoder_depth=3", "segmentation.arguments.decoder_channels=[16, 8, 8]",
         ]
-    _say(progress, f"1/5 generating liver-CT phantoms ({settings.train_cases} training, {settings.test_cases} test)")
+    _say(progress, f"1/6 generating liver-CT phantoms ({settings.train_cases} training, {settings.test_cases} test)")
     full = generate_phantom_dataset(
         out / "data" / "phantom_full", "liver-ct", n_train=settings.train_cases, n_test=settings.test_cases,
         seed=settings.seed, shape=shape,
     )
-    _say(progress, "2/5 sparsifying: one annotated slice per training volume")
+    _say(progress, "2/6 sparsifying: one annotated slice per training volume")
     sparse = out / "data" / "phantom_1slice"
     sparsify_dataset(full, sparse, slices_per_volume=1, strategy="largest", classes=["liver"], seed=settings.seed, progress=False)
     report = validate_dataset(sparse)
@@ -91,12 +93,14 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), *, overwr
     recipe_path = demo_recipe_path()
     runet = load_recipe(recipe_path, overrides + [f"data.dataset={sparse}", "output=" + str(out / "runs")])
     unet = runet.replace(name="unet_alone", registration=runet.registration.__class__(enabled=False))
+    iunet = runet.replace(name="iunet_identity", registration=replace(runet.registration, architecture="identity", arguments={}))
+    methods = (("UNet (1 slice/volume)", unet), ("IUNet (UNet + identity)", iunet), ("RUNet (UNet + FMIRNet)", runet))
     runs = []
-    for step, (title, recipe) in enumerate((("UNet (1 slice/volume)", unet), ("RUNet (UNet + FMIRNet)", runet)), start=3):
-        _say(progress, f"{step}/5 training {title}")
+    for step, (title, recipe) in enumerate(methods, start=3):
+        _say(progress, f"{step}/6 training {title}")
         summary = train(recipe, progress=progress)
         runs.append((title, summary))
-    _say(progress, "5/5 evaluation on the held-out phantoms (full labels, mm)")
+    _say(progress, "6/6 evaluation on the held-out phantoms (full labels, mm)")
     table = segmentation_table(runs)
     reg_table = registration_table(runs)
     text = f"# jointreg demo\n\n## Segmentation on {settings.test_cases} held-out phantom volumes\n\n{table}\n"

@@ -49,16 +49,23 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
 
     assert not (out / "stale.txt").exists()  # overwrite replaced the folder
     assert json.loads((out / "demo_summary.json").read_text()) == summary
-    unet, runet = out / "runs" / "unet_alone", out / "runs" / "demo_liver_phantom"
+    unet, iunet, runet = (out / "runs" / n for n in ("unet_alone", "iunet_identity", "demo_liver_phantom"))
     assert summary["folder"] == str(out)
-    assert summary["runs"] == {"UNet (1 slice/volume)": str(unet), "RUNet (UNet + FMIRNet)": str(runet)}
+    assert summary["runs"] == {"UNet (1 slice/volume)": str(unet), "IUNet (UNet + identity)": str(iunet),
+                               "RUNet (UNet + FMIRNet)": str(runet)}
     assert sorted(p.name for p in (out / "data" / "phantom_full" / "imagesTr").iterdir()) == [
         "liver_ct_000_0000.nii.gz", "liver_ct_001_0000.nii.gz"]
     assert sorted(p.name for p in (out / "data" / "phantom_full" / "imagesTs").iterdir()) == ["liver_ct_002_0000.nii.gz"]
 
-    runs = {name: json.loads((folder / "summary.json").read_text()) for name, folder in (("unet", unet), ("runet", runet))}
+    runs = {name: json.loads((folder / "summary.json").read_text())
+            for name, folder in (("unet", unet), ("iunet", iunet), ("runet", runet))}
     assert runs["unet"]["mode"] == "segmentation" and sorted(runs["unet"]["exported"]) == ["segmentor"]
     assert runs["runet"]["mode"] == "joint" and sorted(runs["runet"]["exported"]) == ["registration", "segmentor"]
+    # The identity baseline trains no registration; the segmentor gets the same steps.
+    assert runs["iunet"]["registration_steps"] == 0 and runs["runet"]["registration_steps"] > 0
+    assert runs["iunet"]["segmentation_steps"] == runs["runet"]["segmentation_steps"]
+    identity = runs["iunet"]["evaluation"]["registration"]
+    assert identity["label_dice"] == identity["identity_dice"]
     for run in runs.values():
         assert run["evaluation"]["split"] == "Ts" and run["evaluation"]["cases"] == 1
 
@@ -67,5 +74,6 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert summary["table"] in results and "## Registration (label propagation on the test volumes)" in results
     rows = summary["table"].splitlines()
     assert rows[0].startswith("| method | liver Dice |")
-    assert [row.split(" | ")[0] for row in rows[2:]] == ["| UNet (1 slice/volume)", "| RUNet (UNet + FMIRNet)"]
+    assert [row.split(" | ")[0] for row in rows[2:]] == [
+        "| UNet (1 slice/volume)", "| IUNet (UNet + identity)", "| RUNet (UNet + FMIRNet)"]
     assert f"Everything is in {out}" in capsys.readouterr().out

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from jointreg.data.slices import SlicedVolume
+from jointreg.utils.device import module_device
 
 
 @torch.no_grad()
@@ -29,7 +30,7 @@ def predict_stack(
         ``(S, K, H, W)`` float32 softmax probabilities.
     """
     if device is None:
-        device = next(segmentor.parameters()).device
+        device = module_device(segmentor)
     was_training = segmentor.training
     segmentor.eval()
     out = []

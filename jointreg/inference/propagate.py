@@ -47,6 +47,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from jointreg.utils.device import module_device
+
 if TYPE_CHECKING:  # torch is imported where it is used: `import jointreg.inference.pseudolabel` stays light
     import torch
 
@@ -202,7 +204,7 @@ def propagate_direct(
     from jointreg.spatial.warp import warp_onehot
 
     with torch.no_grad():
-        device = device or next(net.parameters()).device
+        device = device or module_device(net)
         k = num_classes
         h, w = images.shape[1:]
         numerator = torch.zeros((len(targets), k, h, w), device=device)
@@ -251,7 +253,7 @@ def propagate_chain(
     from jointreg.spatial.warp import warp_onehot
 
     with torch.no_grad():
-        device = device or next(net.parameters()).device
+        device = device or module_device(net)
         k = num_classes
         n, h, w = images.shape
         position = {t: i for i, t in enumerate(targets)}

@@ -87,6 +87,7 @@ from jointreg.inference.register_inputs import (
     as_volume3, check_labels, model_preprocessing, parse_slice_map, read_input_image, read_input_labels,
 )
 from jointreg.inference.register_output import FIELD_FORMATS, RegistrationResult, displacements, write_field
+from jointreg.utils.device import module_device
 
 if TYPE_CHECKING:
     import torch
@@ -253,7 +254,7 @@ def _register_2d(model, moving, fixed, labels, spec, slice_map, label_mode, batc
     coords = np.zeros((3, n_f, *plane_f), np.float32)  # moving voxel coords, slice axis first
     registered = np.zeros(n_f, bool)
     records = []
-    device = next(model.model.parameters()).device
+    device = module_device(model.model)
     for start in range(0, len(pairs), max(1, batch_size)):
         chunk = pairs[start:start + batch_size]
         moving_index = [m for m, _ in chunk]
@@ -301,7 +302,7 @@ def _register_3d(model, moving, fixed, labels, spec, size, label_mode) -> Regist
         )
     m = volume_on_grid(normalize_intensities(moving.array, method, spec), tuple(grid_m))
     f = volume_on_grid(normalize_intensities(fixed.array, method, spec), tuple(grid_f))
-    device = next(model.model.parameters()).device
+    device = module_device(model.model)
     flow, metrics = _forward(model.model, m[None], f[None], device)
     if not metrics["finite"].all():
         raise _not_finite(model, "the volume pair", [])

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from jointreg.metrics.overlap import dice
+from jointreg.utils.device import module_device
 
 if TYPE_CHECKING:  # torch is imported where it is used
     import torch
@@ -154,7 +155,7 @@ def score_registration_pairs(
     from jointreg.metrics.registration import folding_percent, ncc
     from jointreg.spatial.warp import warp_labels
 
-    device = next(net.parameters()).device
+    device = module_device(net)
     was_training = net.training
     net.eval()
     scores: list[PairScore] = []

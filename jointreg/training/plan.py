@@ -24,8 +24,11 @@ class Phase:
 
 def build_plan(recipe: Recipe) -> list[Phase]:
     """The ordered phases of a run (empty phases dropped)."""
+    from jointreg.nets.registration import is_trainable
+
     s = recipe.schedule
-    reg, seg = recipe.registration.enabled, recipe.segmentation.enabled
+    reg = recipe.registration.enabled and is_trainable(recipe.registration.architecture)
+    seg = recipe.segmentation.enabled
     plan = []
     if reg and s.registration_warmup:
         plan.append(Phase(REGISTRATION, s.registration_warmup, -1))

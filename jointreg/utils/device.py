@@ -33,6 +33,16 @@ def resolve_device(name: Any = "auto"):
     return device
 
 
+def module_device(module: Any):
+    """The device of a module's first parameter or buffer; CPU for a module with neither (the
+    identity registration has no weights, and works on whatever device its inputs are on)."""
+    import torch
+
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
 def set_threads(threads: int | None) -> None:
     """Set torch's intra-op thread count (``None`` leaves torch's default)."""
     import torch

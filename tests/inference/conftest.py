@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 
 
-def build_identity_run(folder: Path, labels: dict[str, int], size=(64, 64), radius: int = 4, seed: int = 0) -> Path:
-    """A run folder whose registration network returns exactly zero flow (its flow heads are
-    zeroed) and whose segmentor is a randomly initialised FCN.
+def build_identity_run(folder: Path, labels: dict[str, int], size=(64, 64), radius: int = 4, seed: int = 0,
+                       architecture: str = "fmirnet") -> Path:
+    """A run folder whose registration network returns exactly zero flow (FMIRNet with its flow
+    heads zeroed, or the parameterless ``identity``) and whose segmentor is a randomly
+    initialised FCN.
 
     With ``size`` equal to the in-plane shape of the data, slicing is exact, so registration-mode
     pseudo-labels must equal copying the nearest annotated slice.
@@ -21,16 +23,19 @@ def build_identity_run(folder: Path, labels: dict[str, int], size=(64, 64), radi
     from jointreg.nets.segmentation import create_segmentor
 
     torch.manual_seed(seed)
-    registration = create_registration_net("fmirnet", spatial_dims=2, features=[8, 16, 16])
-    with torch.no_grad():
-        for parameter in registration.heads.parameters():
-            parameter.zero_()
+    if architecture == "identity":
+        registration = create_registration_net("identity", spatial_dims=2)
+    else:
+        registration = create_registration_net(architecture, spatial_dims=2, features=[8, 16, 16])
+        with torch.no_grad():
+            for parameter in registration.heads.parameters():
+                parameter.zero_()
     segmentor = create_segmentor("fcn", in_channels=1, classes=len(labels), features=[4, 8, 8, 8, 8], head_channels=8)
     preprocessing = {"axis": None, "size": list(size), "normalization": "auto", "ct_window": [-160.0, 240.0],
                      "mr_percentiles": [0.5, 99.5]}
     common = dict(preprocessing=preprocessing, labels=labels, modality="CT")
     save_model_folder(folder / "export" / "registration", registration.eval(), kind="registration",
-                      architecture="fmirnet", extra={"pair_radius": radius}, **common)
+                      architecture=architecture, extra={"pair_radius": radius}, **common)
     save_model_folder(folder / "export" / "segmentor", segmentor.eval(), kind="segmentor", architecture="fcn", **common)
     (folder / "recipe.yaml").write_text("name: identity\n", encoding="utf-8")
     return folder
@@ -40,8 +45,8 @@ def build_identity_run(folder: Path, labels: dict[str, int], size=(64, 64), radi
 def identity_run(tmp_path):
     """``identity_run(labels, size=(64, 64))`` → a run folder (see :func:`build_identity_run`)."""
 
-    def build(labels: dict[str, int], size=(64, 64), name: str = "identity_run") -> Path:
-        return build_identity_run(tmp_path / name, labels, size)
+    def build(labels: dict[str, int], size=(64, 64), name: str = "identity_run", architecture: str = "fmirnet") -> Path:
+        return build_identity_run(tmp_path / name, labels, size, architecture=architecture)
 
     return build
 

@@ -64,9 +64,10 @@ def test_output_is_a_complete_nnunet_dataset(trained_run, tmp_path):
     assert manifest["radius"] == 4.0
 
 
-def test_zero_flow_registration_reproduces_copying_the_nearest_slice(identity_run, sparse_phantom_factory, tmp_path):
+@pytest.mark.parametrize("architecture", ["fmirnet", "identity"])
+def test_zero_flow_registration_reproduces_copying_the_nearest_slice(architecture, identity_run, sparse_phantom_factory, tmp_path):
     sparse = Dataset.open(sparse_phantom_factory(2))
-    run = identity_run(sparse.spec.class_labels)
+    run = identity_run(sparse.spec.class_labels, architecture=architecture)
     for propagation in ("direct", "chain"):
         out = tmp_path / propagation
         settings = PseudolabelSettings(mode="registration", propagation=propagation)

@@ -259,3 +259,26 @@ def test_register_a_real_chaos_pair(shared_data, tmp_path):
     np.testing.assert_allclose(warped.get_fdata()[:, :, 12:19], expected, rtol=1e-4, atol=1e-2)
     warped_labels = read_label(out / "warped_labels.nii.gz").array
     assert set(np.unique(warped_labels)) <= {0, 1, 2, 3, 4} and (warped_labels[:, :, 12:19] == 1).any()
+
+
+def test_the_identity_model_registers_nothing(tmp_path):
+    """``registration.architecture: identity`` exports a model folder that `register` can use:
+    zero displacement, the moving image resampled onto the fixed grid unchanged."""
+    from jointreg.data.nifti import write_volume
+    from jointreg.export.model_folder import save_model_folder
+    from jointreg.nets.registration import create_registration_net
+
+    shape = (24, 20, 6)
+    volume = ramp_volume(shape, AFFINE)
+    path = tmp_path / "image.nii.gz"
+    write_volume(path, volume.array, affine=volume.affine)
+    model = save_model_folder(
+        tmp_path / "identity", create_registration_net("identity"), kind="registration", architecture="identity",
+        preprocessing={"axis": 2, "size": [24, 20], "normalization": "none"}, labels={"background": 0, "organ": 1},
+        modality="CT",
+    )
+    summary = register_files(model, path, path, tmp_path / "out", field_format="voxel", device="cpu")
+    field = nib.load(str(tmp_path / "out" / "displacement.nii.gz")).get_fdata()
+    assert np.abs(field).max() == 0.0
+    np.testing.assert_allclose(read_image(tmp_path / "out" / "warped.nii.gz").array, volume.array, atol=1e-4)
+    assert summary["metrics_on_model_grid"]["pairs"] == shape[2]

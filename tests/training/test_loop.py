@@ -69,6 +69,22 @@ def test_joint_run_writes_a_complete_run_folder(tiny_recipe, sparse_phantom):
     assert set(written.get_fdata().astype(int).ravel()) <= {0, 1}
 
 
+def test_identity_registration_trains_no_registration_and_propagates_unmoved_labels(tiny_recipe):
+    recipe = tiny_recipe("registration.architecture=identity", "registration.arguments={}",
+                         "segmentation.propagated_weight=0.5", "propagation.trust=[]", name="identity")
+    plan = build_plan(recipe)
+    assert {p.network for p in plan} == {"segmentation"}
+    summary = train(recipe)
+    assert summary["registration_steps"] == 0 and summary["segmentation_steps"] == summary["steps"] == 7
+    registration = summary["evaluation"]["registration"]
+    assert registration["label_dice"] == registration["identity_dice"]  # nothing moved
+    assert registration["folding_percent"] == 0.0
+    import jointreg
+
+    exported = jointreg.load_model(f"{summary['run']}/export/registration")
+    assert exported.config["architecture"] == "identity" and not list(exported.model.parameters())
+
+
 @pytest.mark.slow
 def test_resume_is_exact(tiny_recipe, tmp_path):
     """Stopping after N steps and resuming gives the same weights as running straight through."""

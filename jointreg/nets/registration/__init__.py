@@ -24,6 +24,7 @@ from jointreg.nets.registration.registry import (
     REGISTRATION_NETS,
     RegistryEntry,
     create_registration_net,
+    is_trainable,
     register,
 )
 
@@ -44,5 +45,6 @@ __all__ = [
     "RegistryEntry",
     "StationaryVelocity",
     "create_registration_net",
+    "is_trainable",
     "register",
 ]

@@ -50,11 +50,14 @@ class RegistrationNet(nn.Module):
         multiple: every padded spatial size is a multiple of this.
         penalty_weights: class attribute, the default weight of each named penalty the network
             emits (the recipe's ``registration.penalties`` overrides them).
+        trainable: class attribute; ``False`` for a network that is not trained (the identity):
+            training then plans no registration phases.
     """
 
     config: dict
     multiple: int = 1
     penalty_weights: ClassVar[Mapping[str, float]] = {}
+    trainable: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -52,6 +52,13 @@ def register(name: str, *, preset: Mapping[str, Any] | None = None, description:
     return decorate
 
 
+def is_trainable(name: str) -> bool:
+    """Whether the network ``name`` is trained (``False`` for the identity); unknown names count
+    as trainable, so that building them reports the unknown name."""
+    entry = REGISTRATION_NETS.get(name)
+    return entry is None or bool(getattr(entry.cls, "trainable", True))
+
+
 def unregister(name: str) -> None:
     """Remove a name (for tests that register an example network)."""
     REGISTRATION_NETS.pop(name, None)
