@@ -18,6 +18,16 @@ already finished with an identical recipe is reused, so a study can be interrupt
 extended with a method. The study writes ``study.md`` (the table), ``study.json``, box plots
 per class and metric (one box per method) and a paired comparison (Wilcoxon) of every method
 against the baseline.
+
+Cross-validation: with a ``folds`` section (:class:`~jointreg.training.folds.FoldsConfig`)
+every case of a fully labelled dataset is a test case once::
+
+    folds: {count: 2, dataset: data/chaos_t2, slices_per_volume: 1, classes: [liver]}
+
+Each (method, seed, fold) is a run ``OUTPUT/<method-slug>_seed<S>_fold<k>`` on the fold's
+dataset; the table, box plots and the paired comparison pool the test volumes of all folds
+(``OUTPUT/pooled/<method-slug>_seed<S>`` holds each method's pooled report), and ``study.md``
+adds one table per fold.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from jointreg.errors import ConfigError, InputError
+from jointreg.training.folds import FoldsConfig
 from jointreg.utils.typed import from_mapping
 
 log = logging.getLogger(__name__)
@@ -47,6 +58,7 @@ class StudyConfig:
         baseline: the method the others are compared with (default: the first one).
         metrics: metrics of the table.
         classes: classes of the table (default: every foreground class).
+        folds: cross-validation over a fully labelled dataset (off by default).
     """
 
     name: str = "study"
@@ -58,6 +70,7 @@ class StudyConfig:
     overrides: dict[str, Any] = field(default_factory=dict)
     metrics: tuple[str, ...] = ("dice", "hd95", "assd")
     classes: tuple[str, ...] = ()
+    folds: FoldsConfig = field(default_factory=FoldsConfig)
 
     def __post_init__(self):
         if not self.base:
@@ -113,20 +126,41 @@ def _override_list(values: dict[str, Any]) -> list[str]:
     return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}" for k, v in values.items()]
 
 
-def plan_runs(study: StudyConfig, base: Path):
-    """``(method, seed, recipe, run_dir)`` for every run of the study, recipes fully resolved."""
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a study; ``fold`` is ``None`` without cross-validation."""
+
+    method: str
+    seed: int
+    fold: int | None
+    recipe: Any
+    run_dir: Path
+
+
+def fold_folder(study: StudyConfig, fold: int) -> Path:
+    """The dataset folder of fold ``fold`` (built by :func:`~jointreg.training.folds.build_fold_datasets`)."""
+    return Path(study.output) / "folds" / f"fold{fold}"
+
+
+def plan_runs(study: StudyConfig, base: Path) -> list[PlannedRun]:
+    """Every run of the study, recipes fully resolved (fold by fold with cross-validation)."""
     from jointreg.training.config import load_recipe
 
+    folds: list[int | None] = list(range(study.folds.count)) if study.folds.enabled else [None]
     runs = []
-    for method, changes in study.methods.items():
-        for seed in study.seeds:
-            name = f"{slug(method)}_seed{seed}"
-            overrides = _override_list(study.overrides) + _override_list(changes) + [f"seed={seed}", f"name={name}", f"output={study.output}"]
-            try:
-                recipe = load_recipe(base, overrides)
-            except ConfigError as exc:
-                raise ConfigError(f"method {method!r}: {exc}") from None
-            runs.append((method, seed, recipe, Path(study.output) / name))
+    for fold in folds:
+        for method, changes in study.methods.items():
+            for seed in study.seeds:
+                name = f"{slug(method)}_seed{seed}" + ("" if fold is None else f"_fold{fold}")
+                overrides = _override_list(study.overrides) + _override_list(changes)
+                if fold is not None:
+                    overrides.append(f"data.dataset={fold_folder(study, fold)}")
+                overrides += [f"seed={seed}", f"name={name}", f"output={study.output}"]
+                try:
+                    recipe = load_recipe(base, overrides)
+                except ConfigError as exc:
+                    raise ConfigError(f"method {method!r}: {exc}") from None
+                runs.append(PlannedRun(method, seed, fold, recipe, Path(study.output) / name))
     return runs
 
 
@@ -155,33 +189,63 @@ def run_study(path: str | PathLike[str], *, overrides: list[str] | tuple[str, ..
 
     study, base = load_study(path, overrides)
     runs = plan_runs(study, base)
+    if study.folds.enabled:
+        from jointreg.training.folds import build_fold_datasets
+
+        build_fold_datasets(study.folds, Path(study.output) / "folds", progress=progress)
     if only:
         unknown = [m for m in only if m not in study.methods]
         if unknown:
             raise ConfigError(f"--only: unknown method {unknown[0]!r} (methods: {', '.join(study.methods)})")
-    summaries: list[tuple[str, int, dict[str, Any]]] = []
-    for index, (method, seed, recipe, run_dir) in enumerate(runs, start=1):
+    summaries: list[tuple[PlannedRun, dict[str, Any]]] = []
+    for index, planned in enumerate(runs, start=1):
+        method, seed, recipe, run_dir = planned.method, planned.seed, planned.recipe, planned.run_dir
+        what = f"{method} seed {seed}" + ("" if planned.fold is None else f" fold {planned.fold}")
         done = _finished(run_dir, recipe)
         if done is None and only and method not in only:
             continue
         if done is not None:
             log.info("reusing %s (finished)", run_dir)
             if progress:
-                print(f"[study] {index}/{len(runs)} {method} seed {seed}: reusing {run_dir}", flush=True)
+                print(f"[study] {index}/{len(runs)} {what}: reusing {run_dir}", flush=True)
         else:
             if progress:
-                print(f"[study] {index}/{len(runs)} {method} seed {seed}: training into {run_dir}", flush=True)
+                print(f"[study] {index}/{len(runs)} {what}: training into {run_dir}", flush=True)
             resume = RunPaths(run_dir).can_resume()
             try:
                 done = train(recipe, run_dir=run_dir, resume=resume, overwrite=not resume, progress=progress)
             except ConfigError:
                 # A stale folder from a different recipe: start that run again.
                 done = train(recipe, run_dir=run_dir, overwrite=True, progress=progress)
-        summaries.append((method, seed, done))
+        summaries.append((planned, done))
     return write_study(study, summaries)
 
 
-def write_study(study: StudyConfig, summaries: list[tuple[str, int, dict[str, Any]]]) -> dict[str, Any]:
+def _pool_folds(study: StudyConfig, runs: list[tuple[PlannedRun, dict[str, Any]]]) -> dict[str, Any]:
+    """One summary for the fold runs of a (method, seed): its pooled test-volume report (written
+    to ``OUTPUT/pooled/``), the pair-weighted mean of the registration figures, the total time."""
+    from jointreg.metrics import read_per_case, write_report
+
+    planned = runs[0][0]
+    rows = [row for _, done in runs if "evaluation" in done for row in read_per_case(Path(done["run"]) / "evaluation")]
+    report = Path(study.output) / "pooled" / f"{slug(planned.method)}_seed{planned.seed}"
+    segmentation = write_report(rows, report, info={"folds": [p.fold for p, _ in runs], "method": planned.method},
+                                overwrite=True, plots=False) if rows else None
+    registration = [d["evaluation"]["registration"] for _, d in runs if d.get("evaluation", {}).get("registration")]
+    pooled: dict[str, Any] = {"run": str(report), "train_seconds": sum(d.get("train_seconds") or 0 for _, d in runs),
+                              "evaluation": {}}
+    if segmentation is not None:
+        pooled["evaluation"]["segmentation"] = segmentation
+    if registration:
+        pairs = sum(r.get("pairs") or 0 for r in registration)
+        pooled["evaluation"]["registration"] = {
+            k: (sum((r.get(k) or 0.0) * (r.get("pairs") or 0) for r in registration) / pairs if pairs else None)
+            for k in ("label_dice", "identity_dice", "ncc", "folding_percent")
+        } | {"pairs": pairs}
+    return pooled
+
+
+def write_study(study: StudyConfig, summaries: list[tuple[PlannedRun, dict[str, Any]]]) -> dict[str, Any]:
     """Write ``study.md``, ``study.json``, box plots and the comparison into the study folder."""
     from jointreg.metrics import read_per_case
     from jointreg.metrics.report import plot_boxplots
@@ -190,32 +254,42 @@ def write_study(study: StudyConfig, summaries: list[tuple[str, int, dict[str, An
 
     out = Path(study.output)
     out.mkdir(parents=True, exist_ok=True)
-    labelled = [(f"{m}" if len(study.seeds) == 1 else f"{m} (seed {s})", s, d) for m, s, d in summaries]
+    cross_validated = study.folds.enabled
+    groups: dict[tuple[str, int], list[tuple[PlannedRun, dict[str, Any]]]] = {}
+    for planned, done in summaries:
+        groups.setdefault((planned.method, planned.seed), []).append((planned, done))
+    # One result per (method, seed): the run itself, or its folds pooled.
+    results = [(m, s, _pool_folds(study, runs) if cross_validated else runs[0][1]) for (m, s), runs in groups.items()]
+    labelled = [(f"{m}" if len(study.seeds) == 1 else f"{m} (seed {s})", s, d) for m, s, d in results]
     table = segmentation_table([(name, d) for name, _, d in labelled],
                                classes=list(study.classes) or None, metrics=study.metrics)
     reg = registration_table([(name, d) for name, _, d in labelled])
-    text = f"# {study.name}\n\nTest split, mean ± std over cases (missed structures counted separately).\n\n{table}\n"
+    where = (f"Test volumes of all {study.folds.count} folds pooled" if cross_validated else "Test split")
+    text = f"# {study.name}\n\n{where}, mean ± std over cases (missed structures counted separately).\n\n{table}\n"
     if reg:
         text += f"\n## Registration (label propagation on the test volumes)\n\n{reg}\n"
-    # Paired comparison of every method against the baseline (first seed).
+    # Paired comparison of every method against the baseline (first seed), over the (pooled) cases.
     baseline = study.baseline or next(iter(study.methods))
     first_seed = study.seeds[0]
-    reports = {m: Path(d["run"]) / "evaluation" for m, s, d in summaries if s == first_seed and "evaluation" in d}
-    comparison_md = ""
+    reports = {m: Path(d["run"]) if cross_validated else Path(d["run"]) / "evaluation"
+               for m, s, d in results if s == first_seed and "segmentation" in d.get("evaluation", {})}
     if baseline in reports and len(reports) > 1:
         from jointreg.metrics import compare_reports, write_comparison
 
         names = [baseline] + [m for m in reports if m != baseline]
         comparison = compare_reports([reports[m] for m in names], names=names)
         write_comparison(comparison, out / "comparison", overwrite=True)
-        comparison_md = f"\nPaired comparison against {baseline} (Wilcoxon signed-rank): see comparison/comparison.md\n"
-    text += comparison_md
+        text += f"\nPaired comparison against {baseline} (Wilcoxon signed-rank): see comparison/comparison.md\n"
+    if cross_validated:
+        for fold in range(study.folds.count):
+            runs = [(f"{p.method}" if len(study.seeds) == 1 else f"{p.method} (seed {p.seed})", d)
+                    for p, d in summaries if p.fold == fold]
+            text += f"\n## Fold {fold}\n\n" + segmentation_table(runs, classes=list(study.classes) or None,
+                                                                  metrics=study.metrics) + "\n"
     # Box plots: per class and metric, one box per method.
     rows = []
-    for method, seed, d in summaries:
-        if seed != first_seed or "evaluation" not in d:
-            continue
-        for row in read_per_case(Path(d["run"]) / "evaluation"):
+    for method, report in reports.items():
+        for row in read_per_case(report):
             rows.append((row.class_name, method, row))
     for class_name in sorted({c for c, _, _ in rows}):
         import dataclasses
@@ -227,10 +301,14 @@ def write_study(study: StudyConfig, summaries: list[tuple[str, int, dict[str, An
     write_text(out / "study.md", text)
     result = {
         "name": study.name,
-        "runs": [{"method": m, "seed": s, "run": d.get("run"), "train_seconds": d.get("train_seconds"),
-                  "evaluation": d.get("evaluation")} for m, s, d in summaries],
+        "runs": [{"method": p.method, "seed": p.seed, **({} if p.fold is None else {"fold": p.fold}),
+                  "run": d.get("run"), "train_seconds": d.get("train_seconds"), "evaluation": d.get("evaluation")}
+                 for p, d in summaries],
         "table": table,
     }
+    if cross_validated:
+        result["pooled"] = [{"method": m, "seed": s, "report": d["run"], "train_seconds": d["train_seconds"],
+                             "evaluation": d["evaluation"]} for m, s, d in results]
     write_json(out / "study.json", result)
     print("\n" + text)
     print(f"Study written to {out} (study.md, study.json, plots/, comparison/)")

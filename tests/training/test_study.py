@@ -66,10 +66,59 @@ def test_shipped_studies_resolve_every_method():
     for path in studies:
         study, base = load_study(path)
         runs = plan_runs(study, base)
-        methods = {m for m, _, _, _ in runs}
-        assert {"UNet", "RUNet", "VUNet", "UNet*"} <= methods, path.name
-        by_method = {m: r for m, _, r, _ in runs}
+        methods = {r.method for r in runs}
+        assert {"UNet", "IUNet", "RUNet", "VUNet", "UNet*"} <= methods, path.name
+        by_method = {r.method: r.recipe for r in runs}
         assert by_method["UNet"].mode == "segmentation"
         assert by_method["RUNet"].mode == "joint"
         assert by_method["VUNet"].registration.architecture == "voxelmorph"
+        assert by_method["IUNet"].registration.architecture == "identity"
+        assert by_method["IUNet"].propagation == by_method["RUNet"].propagation  # same labelling rules
         assert by_method["UNet*"].data.labels == "full"
+
+
+def test_folds_are_deterministic_disjoint_and_cover_every_case():
+    from jointreg.training.folds import FoldsConfig, assign_folds
+
+    cases = [f"c{i}" for i in range(10)]
+    folds = assign_folds(cases, 3, seed=0)
+    assert folds == assign_folds(cases, 3, seed=0)
+    assert sorted(c for f in folds for c in f) == cases and [len(f) for f in folds] == [4, 3, 3]
+    assert folds != assign_folds(cases, 3, seed=1)
+    with pytest.raises(ConfigError, match="need at least 2 folds"):
+        FoldsConfig(count=1, dataset="d")
+    with pytest.raises(ConfigError, match="needs a fully labelled dataset"):
+        FoldsConfig(count=2)
+    with pytest.raises(ConfigError, match="4 folds need at least 4 cases"):
+        assign_folds(cases[:3], 4, seed=0)
+
+
+@pytest.mark.slow
+def test_a_cross_validated_study_pools_the_test_volumes_of_every_fold(tiny_recipe, sparse_phantom, tmp_path):
+    import json
+
+    from jointreg.data.dataset import Dataset
+    from jointreg.metrics import read_per_case
+
+    full = sparse_phantom.parent / "full"  # 3 training + 1 test phantom, fully labelled
+    path = _write_study(tmp_path, tiny_recipe(), {"UNet": {"registration.enabled": False},
+                                                    "IUNet": {"registration.architecture": "identity",
+                                                              "registration.arguments": {}}},
+                        baseline="UNet", folds={"count": 2, "dataset": str(full), "classes": ["liver"]})
+    result = run_study(path, progress=False)
+    assert [(r["method"], r["fold"]) for r in result["runs"]] == [("UNet", 0), ("IUNet", 0), ("UNet", 1), ("IUNet", 1)]
+    folds = [json.loads((tmp_path / "study" / "folds" / f"fold{k}" / "folds.json").read_text()) for k in (0, 1)]
+    assert sorted(folds[0]["test"] + folds[1]["test"]) == sorted(Dataset.open(full).cases("Tr") + Dataset.open(full).cases("Ts"))
+    assert folds[0]["train"] == folds[1]["test"]
+    # Each fold trains on sparse labels of its training cases and tests on the other cases.
+    fold0 = Dataset.open(tmp_path / "study" / "folds" / "fold0")
+    assert fold0.cases("Tr") == folds[0]["train"] and fold0.cases("Ts") == folds[0]["test"]
+    assert fold0.spec.ignore_label is not None and fold0.has_full_labels("Tr")
+    # The pooled report of each method holds every case once.
+    for pooled in result["pooled"]:
+        cases = {row.case for row in read_per_case(pooled["report"])}
+        assert cases == set(folds[0]["test"] + folds[1]["test"])
+    text = (tmp_path / "study" / "study.md").read_text()
+    assert "Test volumes of all 2 folds pooled" in text and "## Fold 0" in text and "## Fold 1" in text
+    comparison = json.loads((tmp_path / "study" / "comparison" / "comparison.json").read_text())
+    assert {entry["case"] for entry in comparison["paired"]} == set(folds[0]["test"] + folds[1]["test"])
