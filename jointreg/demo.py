@@ -59,7 +59,7 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), *, overwr
     from jointreg.data.validate import validate_dataset
     from jointreg.training.config import load_recipe
     from jointreg.training.loop import train
-    from jointreg.training.results import registration_table, segmentation_table
+    from jointreg.training.results import postprocessing_note, registration_table, segmentation_table
     from jointreg.utils.atomic import write_json, write_text
 
     out = Path(out)
@@ -104,6 +104,7 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), *, overwr
     table = segmentation_table(runs)
     reg_table = registration_table(runs)
     text = f"# jointreg demo\n\n## Segmentation on {settings.test_cases} held-out phantom volumes\n\n{table}\n"
+    text += postprocessing_note(runs)
     if reg_table:
         text += f"\n## Registration (label propagation on the test volumes)\n\n{reg_table}\n"
     write_text(out / "results.md", text)

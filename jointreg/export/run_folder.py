@@ -8,7 +8,7 @@
     RUN/checkpoints/last|best/      resume state / selected weights (safetensors + JSON)
     RUN/export/registration|segmentor/   self-describing model folders
     RUN/export/torchscript|onnx/    standalone exports (``jointreg export``)
-    RUN/predictions/  RUN/evaluation/  RUN/summary.json
+    RUN/predictions/  RUN/evaluation/  RUN/evaluation_raw/ (without post-processing)  RUN/summary.json
 """
 
 from __future__ import annotations
@@ -74,6 +74,11 @@ class RunPaths:
     @property
     def evaluation(self) -> Path:
         return self.root / "evaluation"
+
+    @property
+    def evaluation_raw(self) -> Path:
+        """The evaluation without the segmentor's post-processing (when it has any)."""
+        return self.root / "evaluation_raw"
 
     @property
     def summary(self) -> Path:

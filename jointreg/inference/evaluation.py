@@ -40,6 +40,8 @@ def evaluate_segmentor_on_volumes(
     report_dir: Path,
     label_lut: np.ndarray | None = None,
     progress: bool = True,
+    largest_component: Sequence[int] = (),
+    raw_report_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Segment ``volumes``, write predictions and an evaluation report; return the summary.
 
@@ -47,27 +49,45 @@ def evaluate_segmentor_on_volumes(
         labels: the segmentor's foreground classes (name → id).
         label_lut: maps the dataset's label ids to the segmentor's (when it was trained on a
             subset of the classes); applied to the ground truth.
+        largest_component: classes post-processed as the exported segmentor does it
+            (:mod:`jointreg.inference.postprocess`); the predictions and the report are the
+            post-processed ones.
+        raw_report_dir: with post-processing, also report the predictions without it here.
+
+    Returns:
+        The summary; with post-processing and ``raw_report_dir``, the summary without it is
+        under ``"without_postprocessing"``.
     """
     from tqdm.auto import tqdm
 
     from jointreg.data.nifti import write_volume
     from jointreg.metrics import evaluate_arrays, summarize, write_report
 
-    cases = []
+    from jointreg.inference.postprocess import keep_largest_component
+
+    cases, raw_cases = [], []
     for volume in tqdm(volumes, desc="evaluate", disable=None if progress else True, unit="case"):
-        prediction, _ = segment_sliced_volume(segmentor, volume)
+        raw, _ = segment_sliced_volume(segmentor, volume)
+        prediction = keep_largest_component(raw, largest_component) if largest_component else raw
         if predictions_dir is not None:
             write_volume(predictions_dir / f"{volume.case}{dataset.spec.file_ending}", prediction,
                          reference=volume.reference, is_label=True)
         truth = dataset.read_label(volume.case, split)
         gt = truth.array if label_lut is None else label_lut[truth.array]
         cases.append((volume.case, prediction, gt, truth.spacing))
+        raw_cases.append((volume.case, raw, gt, truth.spacing))
     ignore = dataset.spec.ignore_label
     if ignore is not None and label_lut is not None:
         ignore = int(label_lut[ignore])
+    info = {"split": split, "dataset": str(dataset.root), "largest_component": [int(c) for c in largest_component]}
     rows = evaluate_arrays(cases, labels, ignore_label=ignore)
-    write_report(rows, report_dir, info={"split": split, "dataset": str(dataset.root)}, overwrite=True)
-    return summarize(rows)
+    write_report(rows, report_dir, info=info, overwrite=True)
+    summary = summarize(rows)
+    if largest_component and raw_report_dir is not None:
+        raw_rows = evaluate_arrays(raw_cases, labels, ignore_label=ignore)
+        write_report(raw_rows, raw_report_dir, info={**info, "largest_component": []}, overwrite=True, plots=False)
+        summary["without_postprocessing"] = summarize(raw_rows)
+    return summary
 
 
 def _largest_slice(labels: np.ndarray, ignore_index: int) -> int:

@@ -7,6 +7,8 @@ training grid (:mod:`jointreg.data.slices`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -65,8 +67,12 @@ def segment_sliced_volume(
     batch_size: int = 16,
     device: torch.device | None = None,
     return_probabilities: bool = False,
+    largest_component: Sequence[int] = (),
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Segment a sliced volume and return labels in the SOURCE volume's shape and axis order.
+
+    ``largest_component``: classes whose labels keep only their largest connected component
+    (:mod:`jointreg.inference.postprocess`; the probabilities are returned as predicted).
 
     Returns:
         ``labels`` (source shape, uint8/int16) and, when asked, ``probabilities``
@@ -75,4 +81,8 @@ def segment_sliced_volume(
     probs = predict_stack(segmentor, volume.images, batch_size=batch_size, device=device)
     source_probs = volume.to_volume(probs, "probabilities")  # (K, X, Y, Z)
     labels = channel_argmax(source_probs, 0)
+    if largest_component:
+        from jointreg.inference.postprocess import keep_largest_component
+
+        labels = keep_largest_component(labels, largest_component)
     return labels, (source_probs.astype(np.float32) if return_probabilities else None)

@@ -107,8 +107,14 @@ class CaseLabeller:
         self.registration = self.segmentor = None
         if job.models.get("registration") and job.settings.mode != "segmentor":
             self.registration = load_model_folder(job.models["registration"], device=self.device, kind="registration").model
+        self.largest_component: list[int] = []
         if job.models.get("segmentor"):
-            self.segmentor = load_model_folder(job.models["segmentor"], device=self.device, kind="segmentor").model
+            from jointreg.inference.postprocess import largest_component_classes
+
+            loaded = load_model_folder(job.models["segmentor"], device=self.device, kind="segmentor")
+            self.segmentor = loaded.model
+            if job.settings.mode != "registration":  # the segmentor's own rule, for its labels
+                self.largest_component = largest_component_classes(loaded.config)
         self.lut = np.asarray(job.lut, dtype=np.int16)
         self.num_classes = len(job.labels)
         self.out = Path(job.out)
@@ -178,9 +184,11 @@ class CaseLabeller:
                 probs, info, case_method = self._label_targets(sliced.images, grid_labels, targets, annotated, case)
             source_probs = sliced.geometry.to_source(probs, "probabilities")  # (T, K, h, w)
             pseudo = channel_argmax(source_probs, 1)
+            filled = np.zeros(result.shape, bool)
             for i, t in enumerate(targets):
                 missing = result[t] == k
                 result[t][missing] = pseudo[i][missing]
+                filled[t] = missing
                 entry = slices[t]
                 entry["method"] = info[i].method
                 if info[i].sources:
@@ -189,6 +197,12 @@ class CaseLabeller:
                     value = getattr(info[i], key)
                     if value is not None:
                         entry[key] = value
+            if self.largest_component:
+                # Post-processing cleans the pseudo-labels only; annotated voxels stay as given.
+                from jointreg.inference.postprocess import keep_largest_component
+
+                cleaned = keep_largest_component(result, self.largest_component)
+                result[filled] = cleaned[filled]
         final = np.moveaxis(result, 0, axis)
         write_volume(self.label_path(case), final, reference=image, is_label=True)
         provenance = {
@@ -201,6 +215,7 @@ class CaseLabeller:
             **settings.result_settings(),
             "radius": job.radius,
             "models": job.models,
+            "largest_component": self.largest_component,
             "axis": int(axis),
             "num_slices": int(stack.shape[0]),
             "annotated_slices": annotated,

@@ -214,8 +214,11 @@ def segment_volume(
     sliced = slice_volume(
         working, None, spec, modality=modality if modality else model.modality, ignore_label=None, case=name
     )
+    from jointreg.inference.postprocess import largest_component_classes
+
     labels, probs = segment_sliced_volume(
-        model.model, sliced, batch_size=batch_size, device=device, return_probabilities=probabilities
+        model.model, sliced, batch_size=batch_size, device=device, return_probabilities=probabilities,
+        largest_component=largest_component_classes(model.config),
     )
     labels = _orient_back(labels, back)
     if probs is not None:

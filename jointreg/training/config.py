@@ -160,6 +160,11 @@ class SegmentationConfig:
         warped_weight: weight of warped moving images with their warped labels (exactly aligned).
         propagated_weight: weight of unannotated fixed images with propagated labels (how they
             are labelled: the ``propagation`` section).
+        postprocessing: ``auto`` keeps only the largest connected component of each class
+            where that does not lower the Dice on the validation cases (on the training
+            volumes' labels without validation cases), as nnU-Net decides it;
+            ``largest_component`` applies it to every class, ``none`` never. The decision is
+            stored in the exported segmentor and applied by ``segment`` and ``pseudolabel``.
     """
 
     enabled: bool = True
@@ -173,6 +178,7 @@ class SegmentationConfig:
     real_weight: float = 1.0
     warped_weight: float = 0.5
     propagated_weight: float = 0.5
+    postprocessing: Literal["auto", "largest_component", "none"] = "auto"
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
 
     def __post_init__(self):

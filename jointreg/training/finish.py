@@ -4,6 +4,7 @@ dataset's test split."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -43,11 +44,17 @@ def finish_run(
             architecture=recipe.registration.architecture, preprocessing=preprocessing, labels=labels,
             modality=data.spec.modality, extra={**extra, "pair_radius": recipe.pairs.radius},
         ))
+    postprocessing = None
     if nets.segmentor is not None:
+        from jointreg.inference.postprocess import POSTPROCESSING
+
+        postprocessing = decide_postprocessing(recipe, data, nets.segmentor)
+        log.info("post-processing: largest component for classes %s (decided on %s)",
+                 postprocessing["largest_component"], postprocessing["decided_on"])
         exported["segmentor"] = str(save_model_folder(
             paths.model("segmentor"), nets.segmentor, kind="segmentor",
             architecture=recipe.segmentation.architecture, preprocessing=preprocessing, labels=labels,
-            modality=data.spec.modality, extra=extra,
+            modality=data.spec.modality, extra={**extra, POSTPROCESSING: postprocessing},
         ))
     summary: dict[str, Any] = {
         "status": "finished",
@@ -65,14 +72,46 @@ def finish_run(
         "exported": exported,
         "history": state.history,
     }
+    if postprocessing is not None:
+        summary["postprocessing"] = postprocessing
     if recipe.evaluation.enabled:
-        summary["evaluation"] = evaluate_run_models(recipe, paths, data, nets, progress=show_progress)
+        largest = postprocessing["largest_component"] if postprocessing else ()
+        summary["evaluation"] = evaluate_run_models(recipe, paths, data, nets, progress=show_progress,
+                                                    largest_component=largest)
     write_json(paths.summary, summary)
     return summary
 
 
-def evaluate_run_models(recipe: Recipe, paths: RunPaths, data: TrainingData, nets: Networks, *, progress: bool) -> dict[str, Any]:
-    """Evaluate the final networks on the recipe's evaluation split (source geometry, mm)."""
+def decide_postprocessing(recipe: Recipe, data: TrainingData, segmentor: torch.nn.Module) -> dict[str, Any]:
+    """Which classes keep only their largest connected component (``segmentation.postprocessing``).
+
+    ``auto`` decides on the validation cases (their full labels when the recipe scores those),
+    or, without validation cases, on the training volumes' own labels (their annotated slices).
+    """
+    from jointreg.inference.postprocess import choose_largest_component
+
+    mode = recipe.segmentation.postprocessing
+    classes = sorted(data.foreground_labels.values())
+    if mode != "auto":
+        return {"largest_component": classes if mode == "largest_component" else [], "decided_on": "recipe"}
+    from jointreg.inference.predict import channel_argmax, predict_stack
+
+    use_full = recipe.data.validation_labels == "full"
+    volumes = data.validation or data.train
+    cases = []
+    for volume in volumes:
+        truth = volume.full_labels if (data.validation and use_full and volume.full_labels is not None) else volume.labels
+        if truth is not None:
+            cases.append((channel_argmax(predict_stack(segmentor, volume.images), 1), truth))
+    decision = choose_largest_component(cases, classes, ignore_label=data.ignore_index)
+    decision["decided_on"] = "validation" if data.validation else "training"
+    return decision
+
+
+def evaluate_run_models(recipe: Recipe, paths: RunPaths, data: TrainingData, nets: Networks, *, progress: bool,
+                        largest_component: Sequence[int] = ()) -> dict[str, Any]:
+    """Evaluate the final networks on the recipe's evaluation split (source geometry, mm); the
+    segmentor with the exported post-processing, and without it in ``evaluation_raw/``."""
     split = recipe.evaluation.split
     ds = data.dataset
     cases = [c for c in ds.cases(split) if ds.label_path(c, split).exists()]
@@ -89,7 +128,7 @@ def evaluate_run_models(recipe: Recipe, paths: RunPaths, data: TrainingData, net
             nets.segmentor, volumes, ds, split=split,
             predictions_dir=paths.predictions if recipe.evaluation.write_predictions else None,
             report_dir=paths.evaluation, labels=data.foreground_labels, label_lut=data.label_lut,
-            progress=progress,
+            progress=progress, largest_component=largest_component, raw_report_dir=paths.evaluation_raw,
         )
     if nets.registration is not None:
         from jointreg.inference.evaluation import evaluate_registration_on_volumes

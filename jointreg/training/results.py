@@ -27,14 +27,19 @@ def segmentation_table(
     *,
     classes: Sequence[str] | None = None,
     metrics: Sequence[str] = ("dice", "hd95", "assd"),
+    without_postprocessing: bool = False,
 ) -> str:
     """Markdown table: one row per method, mean ± std per class and metric, train time.
 
     Args:
         runs: ``(method name, run summary)`` pairs; summaries as written to ``summary.json``.
         classes: classes to show (default: every class of the first run, background excluded).
+        without_postprocessing: the figures before the segmentor's post-processing (runs that
+            post-processed nothing show their only figures).
     """
     evaluated = [(name, s["evaluation"]["segmentation"]) for name, s in runs if s.get("evaluation", {}).get("segmentation")]
+    if without_postprocessing:
+        evaluated = [(name, seg.get("without_postprocessing", seg)) for name, seg in evaluated]
     if not evaluated:
         return "(no segmentation evaluation found)"
     if classes is None:
@@ -65,3 +70,13 @@ def registration_table(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         cells = [("–" if reg.get(k) is None else f"{reg[k]:.3f}") for k, _ in keys]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {reg.get('pairs', '–')} |")
     return "\n".join(lines)
+
+
+def postprocessing_note(runs: Sequence[tuple[str, Mapping[str, Any]]], **table_options: Any) -> str:
+    """A Markdown section with the table before post-processing, when any run post-processed."""
+    if not any("without_postprocessing" in s.get("evaluation", {}).get("segmentation", {}) for _, s in runs):
+        return ""
+    table = segmentation_table(runs, without_postprocessing=True, **table_options)
+    return ("\n## Without post-processing (largest connected component off)\n\n"
+            "The table above keeps only the largest connected component of the classes where that did "
+            "not lower the Dice (nnU-Net's rule, decided per run); here the raw predictions.\n\n" + table + "\n")

@@ -235,7 +235,15 @@ def _pool_folds(study: StudyConfig, runs: list[tuple[PlannedRun, dict[str, Any]]
     pooled: dict[str, Any] = {"run": str(report), "train_seconds": sum(d.get("train_seconds") or 0 for _, d in runs),
                               "evaluation": {}}
     if segmentation is not None:
+        from jointreg.export.run_folder import RunPaths
+        from jointreg.metrics import summarize
+
         pooled["evaluation"]["segmentation"] = segmentation
+        evaluated = [RunPaths(d["run"]) for _, d in runs if "evaluation" in d]
+        if any(paths.evaluation_raw.is_dir() for paths in evaluated):  # a fold post-processed: pool the raw too
+            raw = [row for paths in evaluated
+                   for row in read_per_case(paths.evaluation_raw if paths.evaluation_raw.is_dir() else paths.evaluation)]
+            segmentation["without_postprocessing"] = summarize(raw)
     if registration:
         pairs = sum(r.get("pairs") or 0 for r in registration)
         pooled["evaluation"]["registration"] = {
@@ -249,7 +257,7 @@ def write_study(study: StudyConfig, summaries: list[tuple[PlannedRun, dict[str, 
     """Write ``study.md``, ``study.json``, box plots and the comparison into the study folder."""
     from jointreg.metrics import read_per_case
     from jointreg.metrics.report import plot_boxplots
-    from jointreg.training.results import registration_table, segmentation_table
+    from jointreg.training.results import postprocessing_note, registration_table, segmentation_table
     from jointreg.utils.atomic import write_json, write_text
 
     out = Path(study.output)
@@ -266,6 +274,8 @@ def write_study(study: StudyConfig, summaries: list[tuple[PlannedRun, dict[str, 
     reg = registration_table([(name, d) for name, _, d in labelled])
     where = (f"Test volumes of all {study.folds.count} folds pooled" if cross_validated else "Test split")
     text = f"# {study.name}\n\n{where}, mean ± std over cases (missed structures counted separately).\n\n{table}\n"
+    text += postprocessing_note([(name, d) for name, _, d in labelled], classes=list(study.classes) or None,
+                                metrics=study.metrics)
     if reg:
         text += f"\n## Registration (label propagation on the test volumes)\n\n{reg}\n"
     # Paired comparison of every method against the baseline (first seed), over the (pooled) cases.

@@ -207,3 +207,19 @@ def test_class_subset_lut_maps_others_to_background(tmp_path):
     assert lut.tolist() == [0, 0, 0, 1, 2] and ignore == 2
     with pytest.raises(ConfigError, match="'lungs' is not a foreground class"):
         class_subset(spec, ("lungs",), tmp_path)
+
+
+def test_postprocessing_is_decided_exported_and_reported(tiny_recipe):
+    import json
+    from pathlib import Path
+
+    summary = train(tiny_recipe("registration.enabled=false", "segmentation.postprocessing=largest_component", name="pp"))
+    run = Path(summary["run"])
+    assert summary["postprocessing"] == {"largest_component": [1], "decided_on": "recipe"}
+    config = json.loads((run / "export" / "segmentor" / "config.json").read_text())
+    assert config["extra"]["postprocessing"]["largest_component"] == [1]
+    evaluation = summary["evaluation"]["segmentation"]
+    assert "without_postprocessing" in evaluation and (run / "evaluation_raw" / "summary.json").is_file()
+    # `auto` decides on the training volumes' annotated slices without validation cases.
+    auto = train(tiny_recipe("registration.enabled=false", "evaluation.enabled=false", name="pp_auto"))
+    assert auto["postprocessing"]["decided_on"] == "training" and set(auto["postprocessing"]["dice"]) == {"1"}
