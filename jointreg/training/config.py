@@ -196,6 +196,11 @@ class PropagationConfig:
     (the propagated group; policy in :mod:`jointreg.training.propagation`).
 
     Attributes:
+        method: how the annotated label reaches a fixed slice: ``direct`` registers the
+            annotated slice straight onto it; ``chain`` composes the registrations of adjacent
+            slices from the nearest annotated slice on each side (recomputed for every training
+            volume whenever the registration has changed, and fused with distance weights as
+            ``jointreg pseudolabel --propagation chain`` does).
         radius: slice radius of the propagated pairs (default: ``pairs.radius``); the warped
             group always uses ``pairs.radius``.
         trust: which criteria decide how much a propagated label is trusted (any combination):
@@ -230,6 +235,7 @@ class PropagationConfig:
             volume, same intensity scale). ``None``: off.
     """
 
+    method: Literal["direct", "chain"] = "direct"
     radius: int | None = None
     trust: tuple[Literal["distance", "residual", "agreement"], ...] = ("distance",)
     trust_decay: float = 0.15

@@ -161,6 +161,7 @@ def run_plan(run: Run, state: TrainingState, stop_after: int | None = None) -> T
                 real = labelled_batch(data.train, slots, augment=augment, seeds=seeds, device=run.device)
                 warped = propagated = None
                 if groups is not None:
+                    groups.refresh(nets.registration, state.registration_steps)
                     warped, propagated = groups.draw(nets.registration, max(1, cfg.batch_size // 2), rng,
                                                      segmentor=nets.segmentor if seg_warm else None)
                 terms = segmentation_step(role.net, role.optimizer, cfg, ignore_index=data.ignore_index,

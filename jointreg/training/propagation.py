@@ -138,17 +138,20 @@ class PropagationPolicy:
         return PropagatedBatch(out.warped, warped_labels, batch.fixed, targets, torch.ones_like(batch.distance))
 
     @torch.no_grad()
-    def label(self, net: torch.nn.Module, batch: RegistrationBatch, *, segmentor: torch.nn.Module | None = None) -> PropagatedBatch:
+    def label(self, net: torch.nn.Module, batch: RegistrationBatch, *, segmentor: torch.nn.Module | None = None,
+              propagated: torch.Tensor | None = None) -> PropagatedBatch:
         """Warp moving slices and labels onto fixed slices and build the trusted targets.
 
         Args:
             net: the registration network (evaluated in eval mode, without gradients).
             batch: the pairs.
             segmentor: the warm segmentor, for ``trust: [agreement]``.
+            propagated: ``(B, 1, *S)`` labels already propagated onto the fixed slices (chain
+                propagation) to use instead of the directly warped moving labels.
         """
         cfg, ignore_index = self.config, self.ignore_index
         out, warped_labels = self._register(net, batch)
-        propagated = warped_labels.clone()
+        propagated = warped_labels.clone() if propagated is None else propagated.clone()
         unknown = torch.full_like(propagated, ignore_index)
         if cfg.absent_residual is not None or "residual" in cfg.trust:
             residual = (out.warped - batch.fixed).abs().mean(1, keepdim=True)
@@ -228,6 +231,43 @@ class SegmentationGroups:
         same = radius == pairs.radius and not pairs.cross_volume
         self.propagation_sampler = self.warp_sampler if same else PairSampler(volumes, radius=radius)
         self.policy = PropagationPolicy(propagation, num_classes=num_classes, ignore_index=ignore_index)
+        self.num_classes, self.radius = num_classes, float(radius)
+        self.chain = propagation.method == "chain"
+        self._chain_labels: dict[tuple[int, int], torch.Tensor] = {}
+        self._chain_version: int | None = None
+
+    def refresh(self, net: torch.nn.Module, version: int) -> None:
+        """Chain-propagate every training volume's annotated labels onto its other slices with
+        the registration as it is now (``version``: the registration steps done so far; nothing
+        is recomputed while it stays the same). Uncovered pixels are unknown."""
+        if not self.chain or version == self._chain_version:
+            return
+        from jointreg.data.pairs import labelled_slices
+        from jointreg.inference.propagate import propagate_chain
+
+        self._chain_labels = {}
+        for v, volume in enumerate(self.volumes):
+            annotated = labelled_slices(volume)
+            targets = [s for s in range(volume.num_slices) if s not in set(annotated)]
+            if not annotated or not targets:
+                continue
+            estimate = propagate_chain(net, volume.images, volume.labels, targets, annotated,
+                                       num_classes=self.num_classes, ignore_index=self.ignore_index,
+                                       radius=self.radius, device=self.device)
+            probs, covered = estimate.probabilities()
+            labels = torch.where(covered, probs.argmax(1), torch.full_like(covered, self.ignore_index, dtype=torch.int64))
+            for i, t in enumerate(targets):
+                self._chain_labels[(v, t)] = labels[i]
+        self._chain_version = version
+
+    def _chained(self, batch) -> torch.Tensor | None:
+        """The chain-propagated labels of the batch's fixed slices (the fixed slice's own label
+        where it is annotated), ``(B, 1, *S)``; ``None`` in direct mode."""
+        if not self.chain:
+            return None
+        return torch.stack([
+            self._chain_labels.get(tuple(p.fixed), batch.fixed_label[i, 0]) for i, p in enumerate(batch.pairs)
+        ]).unsqueeze(1)
 
     def _batch(self, sampler, n: int, rng):
         from jointreg.data.batches import registration_batch
@@ -242,10 +282,12 @@ class SegmentationGroups:
         if self.warped_weight > 0:
             batch = self._batch(self.warp_sampler, n_pairs, rng)
             # The trusted targets are derived only when the same pairs also feed the propagated group.
-            warped = self.policy.label(net, batch, segmentor=segmentor) if shared else self.policy.warp_only(net, batch)
+            warped = (self.policy.label(net, batch, segmentor=segmentor, propagated=self._chained(batch)) if shared
+                      else self.policy.warp_only(net, batch))
         if self.propagated_weight > 0:
             if warped is not None and shared:
                 propagated = warped
             else:
-                propagated = self.policy.label(net, self._batch(self.propagation_sampler, n_pairs, rng), segmentor=segmentor)
+                batch = self._batch(self.propagation_sampler, n_pairs, rng)
+                propagated = self.policy.label(net, batch, segmentor=segmentor, propagated=self._chained(batch))
         return warped, propagated

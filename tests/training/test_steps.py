@@ -1,12 +1,12 @@
 """Registration and segmentation steps on a phantom: losses fall, ignore voxels are excluded."""
 
+import numpy as np
 import pytest
 import torch
 
-from jointreg.data.pairs import PairSampler
 from jointreg.data.batches import labelled_batch, registration_batch
-from jointreg.training.config import RegistrationConfig, SegmentationConfig
-from jointreg.training.config import PropagationConfig
+from jointreg.data.pairs import PairSampler
+from jointreg.training.config import PairConfig, PropagationConfig, RegistrationConfig, SegmentationConfig
 from jointreg.training.objectives import RegistrationObjective
 from jointreg.training.propagation import PropagationPolicy
 from jointreg.training.steps import registration_step, segmentation_step
@@ -243,3 +243,44 @@ def test_propagated_negatives_through_propagate():
     assert (near[~zone] == 0).all()
     assert (far[:11][~zone[:11]] == 0).all() and (far[11] == 1).all()
     assert torch.equal(out.trust, torch.ones(2))
+
+
+def test_chain_propagation_in_training_follows_the_registration(volumes):
+    """Chain mode labels each fixed slice with the chain-propagated label of the nearest annotated
+    slices: with the identity that is the annotated label itself (= direct mode); with a field
+    that shifts every slice onto the next, the label moves one pixel per slice."""
+    from jointreg.nets.registration import create_registration_net
+    from jointreg.training.propagation import SegmentationGroups
+
+    def groups(method):
+        return SegmentationGroups(volumes, pairs=PairConfig(radius=3), propagation=PropagationConfig(method=method, trust=()),
+                                  warped_weight=0.0, propagated_weight=1.0, num_classes=5, ignore_index=5,
+                                  device=torch.device("cpu"))
+
+    identity = create_registration_net("identity")
+    direct, chain = groups("direct"), groups("chain")
+    chain.refresh(identity, version=0)
+    _, a = direct.draw(identity, 4, np.random.default_rng(0))
+    _, b = chain.draw(identity, 4, np.random.default_rng(0))
+    assert torch.equal(a.fixed_targets, b.fixed_targets)
+
+    class Shift(torch.nn.Module):  # moves content one pixel along axis 1 per registration
+        def forward(self, moving, fixed):
+            from jointreg.nets.registration import RegistrationOutput
+
+            flow = torch.zeros(moving.shape[0], 2, *moving.shape[2:])
+            flow[:, 1] = -1.0
+            return RegistrationOutput(moving, flow)
+
+    chain.refresh(Shift(), version=1)
+    v = 0
+    annotated = volumes[v].annotated_indices[0]
+    label = torch.from_numpy(volumes[v].labels[annotated].astype(np.int64))
+    for t, expected_shift in ((annotated + 1, 1), (annotated + 3, 3)):
+        if t < volumes[v].num_slices:
+            got = chain._chain_labels[(v, t)]
+            inner = slice(8, -8)
+            assert torch.equal(got[inner, inner], torch.roll(label, expected_shift, dims=1)[inner, inner])
+    cached = chain._chain_labels
+    chain.refresh(Shift(), version=1)  # same registration: nothing recomputed
+    assert chain._chain_labels is cached
