@@ -225,3 +225,23 @@ def test_postprocessing_is_decided_exported_and_reported(tiny_recipe):
     # `auto` decides on the training volumes' annotated slices without validation cases.
     auto = train(tiny_recipe("registration.enabled=false", "evaluation.enabled=false", name="pp_auto"))
     assert auto["postprocessing"]["decided_on"] == "training" and set(auto["postprocessing"]["dice"]) == {"1"}
+
+
+@pytest.mark.parametrize("architecture, arguments", [
+    ("tvf-lddmm", "{features: [4, 8], steps: 3, head_channels: 4}"),
+    ("affine-deformable", "{features: [4, 8]}"),
+    ("pmrnet", "{features: [4, 8]}"),
+])
+def test_every_registration_system_trains_jointly_and_reports_its_penalties(tiny_recipe, architecture, arguments):
+    recipe = tiny_recipe(f"registration.architecture={architecture}", f"registration.arguments={arguments}",
+                         "evaluation.enabled=false", name=architecture)
+    summary = train(recipe)
+    assert summary["status"] == "finished" and summary["registration_steps"] == 7
+    from pathlib import Path
+
+    log = (Path(summary["run"]) / "train.log").read_text()
+    penalty = {"tvf-lddmm": "velocity_smoothness", "affine-deformable": "affine_identity", "pmrnet": "kl"}[architecture]
+    assert f" {penalty} " in log  # the named penalty is logged with the other terms
+    import jointreg
+
+    assert jointreg.load_model(f"{summary['run']}/export/registration").config["architecture"] == architecture

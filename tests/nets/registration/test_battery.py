@@ -4,7 +4,8 @@ shipped, to show that a new network is one class plus one parametrisation).
 Each network provides a tiny configuration (``tiny_arguments``); every test here runs over the
 whole registry: output shapes for odd 2D/3D sizes, the all-zero network is the identity, every
 parameter gets a gradient, the captured config rebuilds it, a model folder round trip gives the
-same outputs, and ``torch.jit.trace`` matches eager execution.
+same outputs, and ``torch.jit.trace`` matches eager execution. Outputs are compared in eval mode
+(a probabilistic network samples its latent flows while training).
 """
 
 import json
@@ -98,6 +99,7 @@ def _visible(net, std=0.3):
 
 def test_the_shipped_networks_and_the_example_are_in_the_battery():
     assert {"fmirnet", "fmirnet-1", "fmirnet-2", "fmirnet-diff", "voxelmorph", "voxelmorph-diff", "identity",
+            "tvf", "tvf-lddmm", "affine-deformable", "deformable-gradients", "affine", "pmrnet", "pmrnet-diff",
             EXAMPLE} <= set(NAMES)
 
 
@@ -125,7 +127,7 @@ def test_output_shapes_for_odd_sizes(name, dims):
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("dims", [2, 3])
 def test_a_network_with_all_parameters_zero_is_the_identity(name, dims):
-    net = tiny(name, dims)
+    net = tiny(name, dims).eval()
     with torch.no_grad():
         for p in net.parameters():
             p.zero_()
@@ -138,7 +140,7 @@ def test_a_network_with_all_parameters_zero_is_the_identity(name, dims):
 @pytest.mark.parametrize("name", NAMES)
 def test_a_fresh_network_starts_near_the_identity(name):
     torch.manual_seed(0)
-    net = create_registration_net(name, **REGISTRATION_NETS[name].tiny_arguments())
+    net = create_registration_net(name, **REGISTRATION_NETS[name].tiny_arguments()).eval()
     moving = torch.rand(1, 1, 24, 20)
     with torch.no_grad():
         out = net(moving, torch.rand_like(moving))
@@ -160,9 +162,9 @@ def test_every_parameter_gets_a_gradient(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_captured_config_rebuilds_the_same_network(name):
-    net = _visible(tiny(name))
+    net = _visible(tiny(name)).eval()
     config = json.loads(json.dumps(net.config))  # JSON-serialisable
-    rebuilt = create_registration_net(name, **config)
+    rebuilt = create_registration_net(name, **config).eval()
     rebuilt.load_state_dict(net.state_dict())
     assert type(rebuilt) is type(net) and rebuilt.config == net.config
     assert not any("grid" in k for k in net.state_dict())  # the warp grid is never saved

@@ -140,7 +140,7 @@ def _dice(a, b):
     ["fmirnet", "fmirnet-1", "voxelmorph",
      pytest.param("fmirnet-diff", marks=pytest.mark.slow), pytest.param("voxelmorph-diff", marks=pytest.mark.slow),
      pytest.param("tvf", marks=pytest.mark.slow), pytest.param("tvf-lddmm", marks=pytest.mark.slow),
-     pytest.param("affine-deformable", marks=pytest.mark.slow)],
+     pytest.param("affine-deformable", marks=pytest.mark.slow), pytest.param("pmrnet", marks=pytest.mark.slow)],
 )
 def test_short_optimisation_improves_a_synthetic_registration(name):
     moving, fixed, mask, fixed_mask = _blob_pair()
