@@ -161,8 +161,8 @@ class SegmentationConfig:
         propagated_weight: weight of unannotated fixed images with propagated labels (how they
             are labelled: the ``propagation`` section).
         postprocessing: ``auto`` keeps only the largest connected component of each class
-            where that does not lower the Dice on the validation cases (on the training
-            volumes' labels without validation cases), as nnU-Net decides it;
+            where that does not lower the Dice on the validation cases, as nnU-Net decides it
+            (nothing without validation cases: ``data.validation_count``);
             ``largest_component`` applies it to every class, ``none`` never. The decision is
             stored in the exported segmentor and applied by ``segment`` and ``pseudolabel``.
     """

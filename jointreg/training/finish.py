@@ -85,8 +85,10 @@ def finish_run(
 def decide_postprocessing(recipe: Recipe, data: TrainingData, segmentor: torch.nn.Module) -> dict[str, Any]:
     """Which classes keep only their largest connected component (``segmentation.postprocessing``).
 
-    ``auto`` decides on the validation cases (their full labels when the recipe scores those),
-    or, without validation cases, on the training volumes' own labels (their annotated slices).
+    ``auto`` decides on the validation cases (their full labels when the recipe scores those), as
+    nnU-Net decides on its cross-validation folds. Without validation cases nothing is applied:
+    the training volumes' annotated slices cannot judge a component elsewhere in the volume (on
+    CHAOS-T2 that choice always applied the rule, and it removed real liver in some volumes).
     """
     from jointreg.inference.postprocess import choose_largest_component
 
@@ -94,17 +96,18 @@ def decide_postprocessing(recipe: Recipe, data: TrainingData, segmentor: torch.n
     classes = sorted(data.foreground_labels.values())
     if mode != "auto":
         return {"largest_component": classes if mode == "largest_component" else [], "decided_on": "recipe"}
+    if not data.validation:
+        return {"largest_component": [], "decided_on": "nothing (no validation cases: set data.validation_count)"}
     from jointreg.inference.predict import channel_argmax, predict_stack
 
     use_full = recipe.data.validation_labels == "full"
-    volumes = data.validation or data.train
     cases = []
-    for volume in volumes:
-        truth = volume.full_labels if (data.validation and use_full and volume.full_labels is not None) else volume.labels
+    for volume in data.validation:
+        truth = volume.full_labels if (use_full and volume.full_labels is not None) else volume.labels
         if truth is not None:
             cases.append((channel_argmax(predict_stack(segmentor, volume.images), 1), truth))
     decision = choose_largest_component(cases, classes, ignore_label=data.ignore_index)
-    decision["decided_on"] = "validation" if data.validation else "training"
+    decision["decided_on"] = "validation"
     return decision
 
 

@@ -222,9 +222,12 @@ def test_postprocessing_is_decided_exported_and_reported(tiny_recipe):
     assert config["extra"]["postprocessing"]["largest_component"] == [1]
     evaluation = summary["evaluation"]["segmentation"]
     assert "without_postprocessing" in evaluation and (run / "evaluation_raw" / "summary.json").is_file()
-    # `auto` decides on the training volumes' annotated slices without validation cases.
+    # `auto` decides on validation cases, and applies nothing without them.
     auto = train(tiny_recipe("registration.enabled=false", "evaluation.enabled=false", name="pp_auto"))
-    assert auto["postprocessing"]["decided_on"] == "training" and set(auto["postprocessing"]["dice"]) == {"1"}
+    assert auto["postprocessing"]["largest_component"] == [] and "no validation cases" in auto["postprocessing"]["decided_on"]
+    validated = train(tiny_recipe("registration.enabled=false", "evaluation.enabled=false", "data.validation_count=1",
+                                  name="pp_validated"))
+    assert validated["postprocessing"]["decided_on"] == "validation" and set(validated["postprocessing"]["dice"]) == {"1"}
 
 
 @pytest.mark.parametrize("architecture, arguments", [
