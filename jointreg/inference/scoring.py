@@ -173,7 +173,8 @@ def score_registration_pairs(
                 for i, pair in enumerate(chunk):
                     truth = truth_labels(volumes[pair.fixed[0]])
                     moved = same = None
-                    if truth is not None:
+                    # A fixed slice without a single known voxel says nothing (not "both empty").
+                    if truth is not None and (truth[pair.fixed[1]] != ignore_index).any():
                         rules = dict(num_classes=num_classes, ignore_index=ignore_index)
                         moved = mean_foreground_dice(warped[i], truth[pair.fixed[1]], **rules)
                         same = mean_foreground_dice(copied[i], truth[pair.fixed[1]], **rules)

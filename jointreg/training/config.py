@@ -200,7 +200,9 @@ class PropagationConfig:
             annotated slice straight onto it; ``chain`` composes the registrations of adjacent
             slices from the nearest annotated slice on each side (recomputed for every training
             volume whenever the registration has changed, and fused with distance weights as
-            ``jointreg pseudolabel --propagation chain`` does).
+            ``jointreg pseudolabel --propagation chain`` does). The distance rules then use the
+            distance to the nearest annotated slice; ``residual`` and ``absent_residual`` still
+            judge the direct registration of the drawn pair.
         radius: slice radius of the propagated pairs (default: ``pairs.radius``); the warped
             group always uses ``pairs.radius``.
         trust: which criteria decide how much a propagated label is trusted (any combination):

@@ -85,10 +85,10 @@ def finish_run(
 def decide_postprocessing(recipe: Recipe, data: TrainingData, segmentor: torch.nn.Module) -> dict[str, Any]:
     """Which classes keep only their largest connected component (``segmentation.postprocessing``).
 
-    ``auto`` decides on the validation cases (their full labels when the recipe scores those), as
-    nnU-Net decides on its cross-validation folds. Without validation cases nothing is applied:
-    the training volumes' annotated slices cannot judge a component elsewhere in the volume (on
-    CHAOS-T2 that choice always applied the rule, and it removed real liver in some volumes).
+    ``auto`` decides on the fully labelled validation cases, as nnU-Net decides on its
+    cross-validation folds. Without them nothing is applied: sparse labels (the training volumes'
+    annotated slices) cannot judge a component elsewhere in the volume; on CHAOS-T2 that choice
+    always applied the rule, and it removed real liver in some volumes.
     """
     from jointreg.inference.postprocess import choose_largest_component
 
@@ -96,16 +96,14 @@ def decide_postprocessing(recipe: Recipe, data: TrainingData, segmentor: torch.n
     classes = sorted(data.foreground_labels.values())
     if mode != "auto":
         return {"largest_component": classes if mode == "largest_component" else [], "decided_on": "recipe"}
-    if not data.validation:
-        return {"largest_component": [], "decided_on": "nothing (no validation cases: set data.validation_count)"}
+    # Only complete labels can judge a component: sparse ones leave the other slices unscored,
+    # and an unscored component is a tie that would always apply the rule.
+    judged = [v for v in data.validation if v.full_labels is not None] if recipe.data.validation_labels == "full" else []
+    if not judged:
+        return {"largest_component": [], "decided_on": "nothing (no fully labelled validation cases: data.validation_count)"}
     from jointreg.inference.predict import channel_argmax, predict_stack
 
-    use_full = recipe.data.validation_labels == "full"
-    cases = []
-    for volume in data.validation:
-        truth = volume.full_labels if (use_full and volume.full_labels is not None) else volume.labels
-        if truth is not None:
-            cases.append((channel_argmax(predict_stack(segmentor, volume.images), 1), truth))
+    cases = [(channel_argmax(predict_stack(segmentor, v.images), 1), v.full_labels) for v in judged]
     decision = choose_largest_component(cases, classes, ignore_label=data.ignore_index)
     decision["decided_on"] = "validation"
     return decision

@@ -56,9 +56,10 @@ def log_registration_panel(logger: RunLogger, net, batch, *, num_classes: int, i
     if logger.writer is None:
         return
     with torch.no_grad():
+        was_training = net.training
         net.eval()
         out = net(batch.moving[:1], batch.fixed[:1])
-        net.train()
+        net.train(was_training)
         warped_label = warp_labels(batch.moving_label[:1], out.flow, num_classes, ignore_index=ignore_index)
     panel = registration_panel(
         batch.fixed[:1], batch.moving[:1], out.warped, out.flow, warped_label=warped_label, ignore_index=ignore_index

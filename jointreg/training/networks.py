@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from jointreg.errors import ConfigError
 from jointreg.training.config import Recipe
 from jointreg.training.data import TrainingData
 from jointreg.training.plan import REGISTRATION, SEGMENTATION, build_plan, total_steps
@@ -80,13 +81,15 @@ def build_networks(recipe: Recipe, data: TrainingData, device: torch.device) -> 
     plan = build_plan(recipe)
     roles = []
     if recipe.registration.enabled:
-        from jointreg.nets.registration import create_registration_net
+        from jointreg.nets.registration import create_registration_net, is_trainable
 
         cfg = recipe.registration
         args = {"spatial_dims": 2, "in_channels": 1, **cfg.arguments}
         net = create_registration_net(cfg.architecture, **args).to(device)
         roles.append(NetworkRole(REGISTRATION, "registration", net))
-        if any(True for _ in net.parameters()):
+        if is_trainable(cfg.architecture):  # the plan's rule too: trained networks get phases and an optimiser
+            if not any(True for _ in net.parameters()):
+                raise ConfigError(f"registration.architecture: {cfg.architecture} is trainable but has no parameters")
             roles[-1].optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if recipe.segmentation.enabled:
         from jointreg.nets.segmentation import create_segmentor

@@ -21,6 +21,7 @@ The warped group (moving images with their warped labels) needs none of this:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -139,7 +140,7 @@ class PropagationPolicy:
 
     @torch.no_grad()
     def label(self, net: torch.nn.Module, batch: RegistrationBatch, *, segmentor: torch.nn.Module | None = None,
-              propagated: torch.Tensor | None = None) -> PropagatedBatch:
+              propagated: torch.Tensor | None = None, distance: torch.Tensor | None = None) -> PropagatedBatch:
         """Warp moving slices and labels onto fixed slices and build the trusted targets.
 
         Args:
@@ -148,8 +149,12 @@ class PropagationPolicy:
             segmentor: the warm segmentor, for ``trust: [agreement]``.
             propagated: ``(B, 1, *S)`` labels already propagated onto the fixed slices (chain
                 propagation) to use instead of the directly warped moving labels.
+            distance: ``(B,)`` slice distances those labels travelled (default: the pairs'), for
+                the distance rules (``foreground_within``, ``absent_residual``, distance trust).
         """
         cfg, ignore_index = self.config, self.ignore_index
+        if distance is not None:
+            batch = dataclasses.replace(batch, distance=distance)
         out, warped_labels = self._register(net, batch)
         propagated = warped_labels.clone() if propagated is None else propagated.clone()
         unknown = torch.full_like(propagated, ignore_index)
@@ -234,6 +239,7 @@ class SegmentationGroups:
         self.num_classes, self.radius = num_classes, float(radius)
         self.chain = propagation.method == "chain"
         self._chain_labels: dict[tuple[int, int], torch.Tensor] = {}
+        self._chain_distance: dict[tuple[int, int], float] = {}
         self._chain_version: int | None = None
 
     def refresh(self, net: torch.nn.Module, version: int) -> None:
@@ -245,7 +251,7 @@ class SegmentationGroups:
         from jointreg.data.pairs import labelled_slices
         from jointreg.inference.propagate import propagate_chain
 
-        self._chain_labels = {}
+        self._chain_labels, self._chain_distance = {}, {}
         for v, volume in enumerate(self.volumes):
             annotated = labelled_slices(volume)
             targets = [s for s in range(volume.num_slices) if s not in set(annotated)]
@@ -258,16 +264,20 @@ class SegmentationGroups:
             labels = torch.where(covered, probs.argmax(1), torch.full_like(covered, self.ignore_index, dtype=torch.int64))
             for i, t in enumerate(targets):
                 self._chain_labels[(v, t)] = labels[i]
+                self._chain_distance[(v, t)] = float(min(abs(t - a) for a in annotated))
         self._chain_version = version
 
-    def _chained(self, batch) -> torch.Tensor | None:
-        """The chain-propagated labels of the batch's fixed slices (the fixed slice's own label
-        where it is annotated), ``(B, 1, *S)``; ``None`` in direct mode."""
+    def _chained(self, batch) -> dict[str, torch.Tensor]:
+        """``label()``'s arguments for chain mode: the chain-propagated labels of the batch's fixed
+        slices (``(B, 1, *S)``; the fixed slice's own label where it is annotated) and the
+        distance to the nearest annotated slice they came from; nothing in direct mode."""
         if not self.chain:
-            return None
-        return torch.stack([
-            self._chain_labels.get(tuple(p.fixed), batch.fixed_label[i, 0]) for i, p in enumerate(batch.pairs)
-        ]).unsqueeze(1)
+            return {}
+        keys = [tuple(p.fixed) for p in batch.pairs]
+        labels = [self._chain_labels.get(key, batch.fixed_label[i, 0]) for i, key in enumerate(keys)]
+        distance = [self._chain_distance.get(key, 0.0) for key in keys]
+        return {"propagated": torch.stack(labels).unsqueeze(1),
+                "distance": torch.tensor(distance, dtype=batch.distance.dtype, device=batch.distance.device)}
 
     def _batch(self, sampler, n: int, rng):
         from jointreg.data.batches import registration_batch
@@ -282,12 +292,12 @@ class SegmentationGroups:
         if self.warped_weight > 0:
             batch = self._batch(self.warp_sampler, n_pairs, rng)
             # The trusted targets are derived only when the same pairs also feed the propagated group.
-            warped = (self.policy.label(net, batch, segmentor=segmentor, propagated=self._chained(batch)) if shared
+            warped = (self.policy.label(net, batch, segmentor=segmentor, **self._chained(batch)) if shared
                       else self.policy.warp_only(net, batch))
         if self.propagated_weight > 0:
             if warped is not None and shared:
                 propagated = warped
             else:
                 batch = self._batch(self.propagation_sampler, n_pairs, rng)
-                propagated = self.policy.label(net, batch, segmentor=segmentor, propagated=self._chained(batch))
+                propagated = self.policy.label(net, batch, segmentor=segmentor, **self._chained(batch))
         return warped, propagated

@@ -266,8 +266,11 @@ def write_study(study: StudyConfig, summaries: list[tuple[PlannedRun, dict[str, 
     groups: dict[tuple[str, int], list[tuple[PlannedRun, dict[str, Any]]]] = {}
     for planned, done in summaries:
         groups.setdefault((planned.method, planned.seed), []).append((planned, done))
-    # One result per (method, seed): the run itself, or its folds pooled.
-    results = [(m, s, _pool_folds(study, runs) if cross_validated else runs[0][1]) for (m, s), runs in groups.items()]
+    # One result per (method, seed): the run itself, or its folds pooled (only when every fold
+    # has run: a partial pool would compare different cases).
+    incomplete = [m for (m, _), runs in groups.items() if cross_validated and len(runs) < study.folds.count]
+    results = [(m, s, _pool_folds(study, runs) if cross_validated else runs[0][1])
+               for (m, s), runs in groups.items() if m not in incomplete]
     labelled = [(f"{m}" if len(study.seeds) == 1 else f"{m} (seed {s})", s, d) for m, s, d in results]
     table = segmentation_table([(name, d) for name, _, d in labelled],
                                classes=list(study.classes) or None, metrics=study.metrics)
@@ -278,6 +281,8 @@ def write_study(study: StudyConfig, summaries: list[tuple[PlannedRun, dict[str, 
                                 metrics=study.metrics)
     if reg:
         text += f"\n## Registration (label propagation on the test volumes)\n\n{reg}\n"
+    if incomplete:
+        text += f"\nNot pooled (not every fold has run): {', '.join(sorted(set(incomplete)))}.\n"
     # Paired comparison of every method against the baseline (first seed), over the (pooled) cases.
     baseline = study.baseline or next(iter(study.methods))
     first_seed = study.seeds[0]

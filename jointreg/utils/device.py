@@ -34,8 +34,8 @@ def resolve_device(name: Any = "auto"):
 
 
 def module_device(module: Any):
-    """The device of a module's first parameter or buffer; CPU for a module with neither (the
-    identity registration has no weights, and works on whatever device its inputs are on)."""
+    """The device of a module's first parameter or buffer; CPU for a module with neither. (The
+    identity registration has no parameters; its warp's cached grid, once built, is a buffer.)"""
     import torch
 
     for tensor in (*module.parameters(), *module.buffers()):

@@ -103,9 +103,11 @@ def test_scores_of_a_network_that_does_not_move():
     # 16 pixels copied onto 4 (slice 0) and 6 (slice 2); onto slice 3 the structure is spurious: 0.
     assert [s.label_dice for s in scores.pairs] == [pytest.approx(2 * 4 / 20), pytest.approx(2 * 6 / 22), 0.0]
     assert scores.mean("label_dice") == pytest.approx(np.mean([8 / 20, 12 / 22, 0.0]))
-    # Truth: the complete labels; without them the sparse ones (unknown pixels not counted).
+    # Truth: the complete labels; without them the sparse ones, and a fixed slice without any
+    # known pixel is not scored (it would otherwise read as "both empty": 1.0 whatever the warp).
     sparse_only = score_registration_pairs(ZeroFlow(), [_volume(sparse)], pairs, num_classes=2, ignore_index=IGNORE)
-    assert [s.label_dice for s in sparse_only.pairs] == [1.0, 1.0, 1.0]
+    assert [s.label_dice for s in sparse_only.pairs] == [None, None, None]
+    assert sparse_only.mean("label_dice") is None
 
 
 def test_an_empty_slice_onto_an_empty_slice_scores_one():

@@ -224,7 +224,7 @@ def test_postprocessing_is_decided_exported_and_reported(tiny_recipe):
     assert "without_postprocessing" in evaluation and (run / "evaluation_raw" / "summary.json").is_file()
     # `auto` decides on validation cases, and applies nothing without them.
     auto = train(tiny_recipe("registration.enabled=false", "evaluation.enabled=false", name="pp_auto"))
-    assert auto["postprocessing"]["largest_component"] == [] and "no validation cases" in auto["postprocessing"]["decided_on"]
+    assert auto["postprocessing"]["largest_component"] == [] and "no fully labelled validation" in auto["postprocessing"]["decided_on"]
     validated = train(tiny_recipe("registration.enabled=false", "evaluation.enabled=false", "data.validation_count=1",
                                   name="pp_validated"))
     assert validated["postprocessing"]["decided_on"] == "validation" and set(validated["postprocessing"]["dice"]) == {"1"}

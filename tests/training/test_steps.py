@@ -276,11 +276,12 @@ def test_chain_propagation_in_training_follows_the_registration(volumes):
     v = 0
     annotated = volumes[v].annotated_indices[0]
     label = torch.from_numpy(volumes[v].labels[annotated].astype(np.int64))
-    for t, expected_shift in ((annotated + 1, 1), (annotated + 3, 3)):
-        if t < volumes[v].num_slices:
-            got = chain._chain_labels[(v, t)]
-            inner = slice(8, -8)
-            assert torch.equal(got[inner, inner], torch.roll(label, expected_shift, dims=1)[inner, inner])
+    step = 1 if annotated + 3 < volumes[v].num_slices else -1  # towards the side with room
+    for t, expected_shift in ((annotated + step, 1), (annotated + 3 * step, 3)):
+        got = chain._chain_labels[(v, t)]
+        inner = slice(8, -8)
+        assert torch.equal(got[inner, inner], torch.roll(label, expected_shift, dims=1)[inner, inner])
+        assert chain._chain_distance[(v, t)] == expected_shift  # distance to the annotated slice
     cached = chain._chain_labels
     chain.refresh(Shift(), version=1)  # same registration: nothing recomputed
     assert chain._chain_labels is cached

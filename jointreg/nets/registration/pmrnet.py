@@ -126,7 +126,8 @@ class PMRNet(RegistrationNet):
         fused = None
         for level, (fm, ff) in enumerate(zip(moving_features, fixed_features)):
             pair = torch.cat([fm, ff], dim=1)
-            mean, log_variance = self.means[level](pair), self.log_variances[level](pair)
+            # The clamp keeps exp() finite (σ between e^-5 and e^5 voxels of the level).
+            mean, log_variance = self.means[level](pair), self.log_variances[level](pair).clamp(-10.0, 10.0)
             kl.append(gaussian_kl(mean, log_variance, self.prior_std))
             latent = mean
             if self.training:

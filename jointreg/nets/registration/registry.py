@@ -44,8 +44,10 @@ def register(name: str, *, preset: Mapping[str, Any] | None = None, description:
 
     def decorate(cls: type) -> type:
         existing = REGISTRATION_NETS.get(name)
-        if existing is not None and existing.cls.__qualname__ != cls.__qualname__:
-            raise ValueError(f"registration network name {name!r} is already taken by {existing.cls.__qualname__}")
+        identity = (cls.__module__, cls.__qualname__)
+        if existing is not None and (existing.cls.__module__, existing.cls.__qualname__) != identity:
+            raise ValueError(f"registration network name {name!r} is already taken by "
+                             f"{existing.cls.__qualname__} ({existing.cls.__module__})")
         REGISTRATION_NETS[name] = RegistryEntry(cls, dict(preset or {}), description)
         return cls
 

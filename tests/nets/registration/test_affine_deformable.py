@@ -83,3 +83,22 @@ def test_the_affine_branch_recovers_a_known_rotation_and_scale():
     with torch.no_grad():
         matrix = net(moving, fixed).extras["affine"][0, :, :2]
     assert torch.allclose(matrix, truth, atol=0.03), matrix
+
+
+def test_the_deformable_part_is_applied_before_the_affine_part():
+    from jointreg.spatial.integrate import compose
+
+    torch.manual_seed(1)
+    net = create_registration_net("affine-deformable", features=[4, 8]).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(net.gradients.weight, std=0.5)
+        net.theta.bias.copy_(torch.tensor([0.05, -0.1, 0.1, 0.1, 0.0, -0.05]))
+        out = net(torch.rand(1, 1, 16, 24), torch.rand(1, 1, 16, 24))
+    matrix = out.extras["affine"][0]
+    p = torch.stack(torch.meshgrid(torch.arange(16.0), torch.arange(24.0), indexing="ij"))
+    affine_flow = (torch.einsum("ij,j...->i...", matrix[:, :2], p) + matrix[:, 2].view(2, 1, 1) - p).unsqueeze(0)
+    deformable = out.extras["deformable"]
+    assert deformable.abs().max() > 0.3 and affine_flow.abs().max() > 0.5
+    assert torch.allclose(out.flow, compose(deformable, affine_flow), atol=1e-4)
+    assert not torch.allclose(out.flow, compose(affine_flow, deformable), atol=1e-2)  # the order matters
+    assert torch.equal(out.extras["regularized"], deformable)

@@ -118,8 +118,12 @@ def test_output_shapes_for_odd_sizes(name, dims):
     for k, f in enumerate(out.flows):
         assert tuple(f.shape) == (2, dims, *[math.ceil(n / 2**k) for n in size])
     for name_, value in out.extras.items():
-        if name_ in ("velocity", "attention", "regularized"):
+        if name_ in ("velocity", "attention", "regularized", "deformable", "spatial_gradients", "inverse"):
             assert value.shape == out.flow.shape, name_
+        for tensor in (value if isinstance(value, tuple) else (value,)):
+            if isinstance(tensor, torch.Tensor) and tensor.dim() == dims + 2:  # a spatial map: cropped
+                factor = 2 ** round(math.log2(size[0] / tensor.shape[2])) if tensor.shape[2] else 1
+                assert tuple(tensor.shape[2:]) == tuple(math.ceil(n / factor) for n in size), name_
     for penalty in out.penalties.values():
         assert penalty.dim() == 0 and torch.isfinite(penalty)
 
