@@ -282,3 +282,29 @@ def test_the_identity_model_registers_nothing(tmp_path):
     assert np.abs(field).max() == 0.0
     np.testing.assert_allclose(read_image(tmp_path / "out" / "warped.nii.gz").array, volume.array, atol=1e-4)
     assert summary["metrics_on_model_grid"]["pairs"] == shape[2]
+
+
+@pytest.mark.parametrize("name", ["tvf", "tvf-lddmm", "affine-deformable", "deformable-gradients", "affine",
+                                  "pmrnet", "identity"])
+@pytest.mark.parametrize("dims", [2, 3])
+def test_register_runs_every_registration_system_from_its_model_folder(name, dims, tmp_path):
+    """Every registry network, exported as a model folder, registers files (2D slice by slice, 3D
+    whole volumes) and writes a finite displacement on the fixed grid."""
+    from jointreg.data.nifti import write_volume
+    from jointreg.export.model_folder import save_model_folder
+    from jointreg.nets.registration import REGISTRATION_NETS, create_registration_net
+
+    torch.manual_seed(0)
+    net = create_registration_net(name, spatial_dims=dims, **REGISTRATION_NETS[name].tiny_arguments()).eval()
+    shape = (20, 16, 8)
+    preprocessing = {"axis": 2, "size": [20, 16], "normalization": "none"} if dims == 2 else \
+        {"axis": None, "size": list(shape), "normalization": "none"}
+    model = save_model_folder(tmp_path / "model", net, kind="registration", architecture=name, preprocessing=preprocessing,
+                              labels={"background": 0, "organ": 1}, modality="CT")
+    for role, weights in (("moving", (1.0, 2.0, 3.0)), ("fixed", (1.5, 2.0, 2.5))):
+        volume = ramp_volume(shape, AFFINE, weights)
+        write_volume(tmp_path / f"{role}.nii.gz", volume.array, affine=volume.affine)
+    register_files(model, tmp_path / "moving.nii.gz", tmp_path / "fixed.nii.gz", tmp_path / "out", device="cpu")
+    field = nib.load(str(tmp_path / "out" / "displacement.nii.gz"))
+    assert field.shape[:3] == shape and np.isfinite(field.get_fdata()).all()
+    assert read_image(tmp_path / "out" / "warped.nii.gz").shape == shape
