@@ -40,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="registration from the source slices directly, or through the neighbours (default: %(default)s)")
     parser.add_argument("--source-slices", type=int, default=1, metavar="K",
                         help="annotated source slices per side for direct propagation (default: %(default)s)")
+    parser.add_argument("--verify", type=float, default=0.6, metavar="F",
+                        help="registration mode: stop a propagated structure at the first slice where fewer than "
+                             "this fraction of its pixels have the annotated structure's intensities (default: %(default)s)")
+    parser.add_argument("--no-verify", action="store_true", help="registration mode: propagate onto every slice")
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes (default: %(default)s)")
     add_inference_options(parser, batch_unit="pairs/slices")
     parser.add_argument("--overwrite", action="store_true", help="start over in an existing pseudolabel output")
@@ -51,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = PseudolabelSettings(
         mode=args.mode, propagation=args.propagation, source_slices=args.source_slices,
-        batch_size=args.batch_size, device=args.device,
+        batch_size=args.batch_size, device=args.device, verify=None if args.no_verify else args.verify,
     )
     summary = pseudolabel_dataset(
         args.run, args.dataset, args.out, settings=settings, workers=args.workers,

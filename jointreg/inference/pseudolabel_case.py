@@ -35,6 +35,9 @@ class PseudolabelSettings:
         source_slices: annotated source slices per side (``direct``; ``chain`` uses 1).
         batch_size: image pairs / slices per forward pass.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        verify: in ``registration`` mode, stop each propagated structure at the first slice where
+            fewer than this fraction of its pixels look like the annotated structure
+            (:mod:`jointreg.inference.verify`); ``None``: propagate to every slice.
     """
 
     mode: str = "fusion"
@@ -42,6 +45,7 @@ class PseudolabelSettings:
     source_slices: int = 1
     batch_size: int = 16
     device: str = "auto"
+    verify: float | None = 0.6
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -52,11 +56,14 @@ class PseudolabelSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
+        if self.verify is not None and not 0.0 <= self.verify <= 1.0:
+            raise ConfigError(f"verify must be a fraction in [0, 1], got {self.verify!r}")
 
     def result_settings(self) -> dict[str, Any]:
         """The settings that change the labels (checked when a run is resumed)."""
         per_side = self.source_slices if self.propagation == "direct" else 1
-        return {"mode": self.mode, "propagation": self.propagation, "source_slices": per_side}
+        verify = self.verify if self.mode == "registration" else None
+        return {"mode": self.mode, "propagation": self.propagation, "source_slices": per_side, "verify": verify}
 
 
 @dataclass(frozen=True)
@@ -197,6 +204,12 @@ class CaseLabeller:
                     value = getattr(info[i], key)
                     if value is not None:
                         entry[key] = value
+            if settings.mode == "registration" and settings.verify is not None and annotated:
+                from jointreg.inference.verify import stop_at_appearance_change
+
+                images_stack = np.moveaxis(image.array, axis, 0)
+                result = stop_at_appearance_change(result, images_stack, annotated, range(1, k), propagated=filled,
+                                                   threshold=settings.verify)
             if self.largest_component:
                 # Post-processing cleans the pseudo-labels only; annotated voxels stay as given.
                 from jointreg.inference.postprocess import keep_largest_component

@@ -60,7 +60,7 @@ def test_output_is_a_complete_nnunet_dataset(trained_run, tmp_path):
         assert other["method"] == "fusion" and other["sources"][0]["slice"] == annotated[0]
         assert 0.0 <= other["registration_weight"] <= other["sources"][0]["weight"]
     manifest = json.loads((out / "pseudolabel.json").read_text())
-    assert manifest["settings"] == {"mode": "fusion", "propagation": "direct", "source_slices": 1}
+    assert manifest["settings"] == {"mode": "fusion", "propagation": "direct", "source_slices": 1, "verify": None}
     assert manifest["radius"] == 4.0
 
 
@@ -70,7 +70,7 @@ def test_zero_flow_registration_reproduces_copying_the_nearest_slice(architectur
     run = identity_run(sparse.spec.class_labels, architecture=architecture)
     for propagation in ("direct", "chain"):
         out = tmp_path / propagation
-        settings = PseudolabelSettings(mode="registration", propagation=propagation)
+        settings = PseudolabelSettings(mode="registration", propagation=propagation, verify=None)
         pseudolabel_dataset(run, sparse.root, out, settings=settings, progress=False)
         for case in sparse.cases():
             assert np.array_equal(read_label(out / "labelsTr" / f"{case}.nii.gz").array, _copy_nearest(sparse, case)), propagation
