@@ -203,6 +203,9 @@ class PropagationConfig:
             ``jointreg pseudolabel --propagation chain`` does). The distance rules then use the
             distance to the nearest annotated slice; ``residual`` and ``absent_residual`` still
             judge the direct registration of the drawn pair.
+        verify: with ``method: chain``, each chain-propagated structure stops at the first slice
+            where fewer than this fraction of its pixels have the annotated structure's
+            intensities (:mod:`jointreg.inference.verify`); beyond, it is background. ``None``: off.
         radius: slice radius of the propagated pairs (default: ``pairs.radius``); the warped
             group always uses ``pairs.radius``.
         trust: which criteria decide how much a propagated label is trusted (any combination):
@@ -238,6 +241,7 @@ class PropagationConfig:
     """
 
     method: Literal["direct", "chain"] = "direct"
+    verify: float | None = None
     radius: int | None = None
     trust: tuple[Literal["distance", "residual", "agreement"], ...] = ("distance",)
     trust_decay: float = 0.15
@@ -251,6 +255,11 @@ class PropagationConfig:
         _non_negative("propagation", trust_decay=self.trust_decay, trust_residual=self.trust_residual)
         if self.radius is not None and self.radius < 1:
             raise ConfigError("propagation.radius: must be >= 1")
+        if self.verify is not None:
+            if not 0.0 <= self.verify <= 1.0:
+                raise ConfigError(f"propagation.verify: must be a fraction in [0, 1], got {self.verify}")
+            if self.method != "chain":
+                raise ConfigError("propagation.verify: needs propagation.method: chain")
         if self.background_margin is not None and self.background_margin < 0:
             raise ConfigError("propagation.background_margin: must be >= 0")
         if self.appearance_percentiles is not None:

@@ -238,6 +238,7 @@ class SegmentationGroups:
         self.policy = PropagationPolicy(propagation, num_classes=num_classes, ignore_index=ignore_index)
         self.num_classes, self.radius = num_classes, float(radius)
         self.chain = propagation.method == "chain"
+        self.verify = propagation.verify
         self._chain_labels: dict[tuple[int, int], torch.Tensor] = {}
         self._chain_distance: dict[tuple[int, int], float] = {}
         self._chain_version: int | None = None
@@ -262,10 +263,26 @@ class SegmentationGroups:
                                        radius=self.radius, device=self.device)
             probs, covered = estimate.probabilities()
             labels = torch.where(covered, probs.argmax(1), torch.full_like(covered, self.ignore_index, dtype=torch.int64))
+            if self.verify is not None:
+                labels = self._verified(volume, labels, targets, annotated)
             for i, t in enumerate(targets):
                 self._chain_labels[(v, t)] = labels[i]
                 self._chain_distance[(v, t)] = float(min(abs(t - a) for a in annotated))
         self._chain_version = version
+
+    def _verified(self, volume, labels: torch.Tensor, targets: list[int], annotated: list[int]) -> torch.Tensor:
+        """The chain labels with each structure stopped where it no longer looks like the annotated one."""
+        import numpy as np
+
+        from jointreg.inference.verify import stop_at_appearance_change
+
+        stack = np.array(volume.labels, dtype=np.int64, copy=True)
+        stack[targets] = labels.cpu().numpy()
+        propagated = np.zeros(stack.shape, bool)
+        propagated[targets] = True
+        checked = stop_at_appearance_change(stack, volume.images, annotated, range(1, self.num_classes),
+                                            propagated=propagated, threshold=self.verify)
+        return torch.from_numpy(checked[targets]).to(labels.device)
 
     def _chained(self, batch) -> dict[str, torch.Tensor]:
         """``label()``'s arguments for chain mode: the chain-propagated labels of the batch's fixed

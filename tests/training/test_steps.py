@@ -285,3 +285,33 @@ def test_chain_propagation_in_training_follows_the_registration(volumes):
     cached = chain._chain_labels
     chain.refresh(Shift(), version=1)  # same registration: nothing recomputed
     assert chain._chain_labels is cached
+
+
+def test_verified_chain_labels_stop_where_the_structure_stops_looking_like_itself(volumes):
+    """With the identity, chain labels are the annotated label on every slice; verification keeps
+    it only on the slices around the annotated one whose pixels under it still look like liver."""
+    from jointreg.nets.registration import create_registration_net
+    from jointreg.training.propagation import SegmentationGroups
+
+    def groups(verify):
+        return SegmentationGroups(volumes, pairs=PairConfig(radius=3),
+                                  propagation=PropagationConfig(method="chain", verify=verify, trust=()),
+                                  warped_weight=0.0, propagated_weight=1.0, num_classes=5, ignore_index=5,
+                                  device=torch.device("cpu"))
+
+    plain, verified = groups(None), groups(0.6)
+    for g in (plain, verified):
+        g.refresh(create_registration_net("identity"), version=0)
+    v = 0
+    annotated = volumes[v].annotated_indices[0]
+    kept = [t for t in range(volumes[v].num_slices) if t != annotated and (verified._chain_labels[(v, t)] == 1).any()]
+    everywhere = [t for t in range(volumes[v].num_slices) if t != annotated and (plain._chain_labels[(v, t)] == 1).any()]
+    assert len(everywhere) == volumes[v].num_slices - 1  # copying puts the liver on every slice
+    assert 0 < len(kept) < len(everywhere)
+    span = sorted({*kept, annotated})  # one run of slices through the annotated one
+    assert span == list(range(span[0], span[-1] + 1))
+    truth = volumes[v].full_labels == 1
+    # The kept slices are mostly slices that do have liver.
+    assert np.mean([truth[t].any() for t in kept]) > 0.8
+    with pytest.raises(Exception, match="needs propagation.method: chain"):
+        PropagationConfig(verify=0.6)
