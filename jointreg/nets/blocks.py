@@ -8,7 +8,9 @@ once. Tensors are ``(B, C, *spatial)``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -156,6 +158,44 @@ def flow_head(spatial_dims: int, in_channels: int, init_std: float = 1e-5) -> nn
     nn.init.normal_(layer.weight, mean=0.0, std=init_std)
     nn.init.zeros_(layer.bias)
     return layer
+
+
+class EncoderDecoder(nn.Module):
+    """A plain UNet trunk: one conv block per level (max pooling between levels), then back up
+    with nearest upsampling and skip concatenation, one conv block per level.
+
+    ``forward(x)`` returns ``(full, deepest)``: the full-resolution features (``features[0]``
+    channels; ``None`` with ``decode=False``) and the deepest level's (``features[-1]``).
+    Every spatial size must be a multiple of ``2 ** (len(features) - 1)``.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, features: Sequence[int], *,
+                 norm: str | None = None, decode: bool = True):
+        super().__init__()
+        features = [int(f) for f in features]
+        self.encode = nn.ModuleList()
+        previous = in_channels
+        for f in features:
+            self.encode.append(ConvBlock(spatial_dims, previous, f, norm=norm))
+            previous = f
+        self.down = pool(spatial_dims, "max", 2)
+        self.up = Upsample(spatial_dims, 2, "nearest")
+        self.decode = nn.ModuleList(
+            ConvBlock(spatial_dims, features[k + 1] + features[k], features[k], norm=norm)
+            for k in range(len(features) - 1)
+        ) if decode else None
+
+    def forward(self, x: Tensor) -> tuple[Tensor | None, Tensor]:
+        skips = []
+        for k, block in enumerate(self.encode):
+            x = block(x if k == 0 else self.down(x))
+            skips.append(x)
+        deepest = x
+        if self.decode is None:
+            return None, deepest
+        for k in range(len(self.decode) - 1, -1, -1):
+            x = self.decode[k](torch.cat([self.up(x), skips[k]], dim=1))
+        return x, deepest
 
 
 def pad_to_multiple(x: Tensor, multiple: int, mode: str = "replicate") -> Tensor:

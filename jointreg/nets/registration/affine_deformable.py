@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from jointreg.nets.blocks import ConvBlock, Upsample, conv, pool
+from jointreg.nets.blocks import EncoderDecoder, conv
 from jointreg.nets.registration.base import RegistrationNet
 from jointreg.nets.registration.output import Prediction
 from jointreg.nets.registration.registry import register
@@ -96,17 +96,8 @@ class AffineDeformable(RegistrationNet):
         dims = spatial_dims
         self.use_affine, self.use_deformable = bool(affine), bool(deformable)
         self.multiple = 2 ** (len(features) - 1)
-        self.encode = nn.ModuleList()
-        previous = 2 * in_channels
-        for f in features:
-            self.encode.append(ConvBlock(dims, previous, f, norm=norm))
-            previous = f
-        self.down = pool(dims, "max", 2)
-        self.up = Upsample(dims, 2, "nearest")
-        self.decode = nn.ModuleList(  # only the deformable branch needs full-resolution features
-            ConvBlock(dims, features[k + 1] + features[k], features[k], norm=norm)
-            for k in range(len(features) - 1) if deformable
-        )
+        # Only the deformable branch needs the full-resolution features.
+        self.trunk = EncoderDecoder(dims, 2 * in_channels, features, norm=norm, decode=deformable)
         self.theta = nn.Linear(features[-1], dims * (dims + 1)) if affine else None
         self.gradients = conv(dims, features[0], dims, kernel_size=3) if deformable else None
         for layer in (self.theta, self.gradients):
@@ -120,13 +111,7 @@ class AffineDeformable(RegistrationNet):
 
     def predict(self, moving: Tensor, fixed: Tensor) -> Prediction:
         dims, size = self.spatial_dims, [int(n) for n in moving.shape[2:]]
-        skips, x = [], torch.cat([moving, fixed], dim=1)
-        for k, block in enumerate(self.encode):
-            x = block(x if k == 0 else self.down(x))
-            skips.append(x)
-        deepest = x
-        for k in range(len(self.decode) - 1, -1, -1):  # back up to full resolution (deformable branch)
-            x = self.decode[k](torch.cat([self.up(x), skips[k]], dim=1))
+        x, deepest = self.trunk(torch.cat([moving, fixed], dim=1))
         fields, extras, penalties = {}, {}, {}
         deformable_flow = moving.new_zeros(moving.shape[0], dims, *size)
         if self.gradients is not None:

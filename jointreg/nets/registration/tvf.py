@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from jointreg.losses.regularization import diffusion
-from jointreg.nets.blocks import ConvBlock, Upsample, flow_head, pool
+from jointreg.nets.blocks import ConvBlock, EncoderDecoder, flow_head
 from jointreg.nets.registration.base import RegistrationNet
 from jointreg.nets.registration.output import Prediction
 from jointreg.nets.registration.registry import register
@@ -82,16 +82,7 @@ class TimeDependentVelocity(RegistrationNet):
         dims = spatial_dims
         self.steps, self.lddmm = int(steps), bool(lddmm)
         self.multiple = 2 ** (len(features) - 1)
-        self.encode = nn.ModuleList()
-        previous = 2 * in_channels
-        for f in features:
-            self.encode.append(ConvBlock(dims, previous, f))
-            previous = f
-        self.down = pool(dims, "max", 2)
-        self.up = Upsample(dims, 2, "nearest")
-        self.decode = nn.ModuleList(
-            ConvBlock(dims, features[k + 1] + features[k], features[k]) for k in range(len(features) - 1)
-        )
+        self.trunk = EncoderDecoder(dims, 2 * in_channels, features)
         self.head = nn.Sequential(
             ConvBlock(dims, features[0] + 2 * in_channels, head_channels),
             flow_head(dims, head_channels, flow_init_std),
@@ -103,12 +94,7 @@ class TimeDependentVelocity(RegistrationNet):
         return {"features": [4, 8], "steps": 3, "head_channels": 4}
 
     def predict(self, moving: Tensor, fixed: Tensor) -> Prediction:
-        skips, x = [], torch.cat([moving, fixed], dim=1)
-        for k, block in enumerate(self.encode):
-            x = block(x if k == 0 else self.down(x))
-            skips.append(x)
-        for k in range(len(self.decode) - 1, -1, -1):
-            x = self.decode[k](torch.cat([self.up(x), skips[k]], dim=1))
+        x, _ = self.trunk(torch.cat([moving, fixed], dim=1))
         flow = moving.new_zeros(moving.shape[0], self.spatial_dims, *moving.shape[2:])
         warped, velocities = moving, []
         for _ in range(self.steps):
