@@ -4,17 +4,8 @@ Every knob of a run is a field here; the resolved recipe is written into the run
 (``recipe.yaml``) so a run can always be reproduced and resumed. Unknown keys and wrong types are
 errors naming the key path. Paths in a recipe are relative to the current working directory.
 
-The same recipe type covers every method of the comparison:
-
-=====================  ==========================  ============================================
-method                 registration.enabled        segmentation / data
-=====================  ==========================  ============================================
-registration only      true                        ``segmentation.enabled: false``
-FCN / UNet alone       false                       ``data.labels: sparse``
-RFCN / RUNet           true (fmirnet)              sparse + warped/propagated terms
-VFCN / VUNet           true (voxelmorph)           sparse + warped/propagated terms
-FCN* / UNet*           false                       ``data.labels: full`` (upper bound)
-=====================  ==========================  ============================================
+The same recipe type covers every method of the comparison (README, "Training"; the
+studies in ``recipes/study_*.yaml``).
 """
 
 from __future__ import annotations
@@ -230,10 +221,7 @@ class PropagationConfig:
             background; the band within the margin is ignored; the propagated structures keep
             their label within ``foreground_within`` slices (all slices when ``None``) and are
             ignored beyond. It rests only on registration putting the structure somewhere near
-            where the fixed slice has it (measured on CHAOS-T2: 0.1 % of liver pixels fall
-            outside a 3-pixel margin), and teaches the segmentor the real slices' other tissue.
-            On CHAOS-T2 and the phantom the unmoved annotated label did as well as the
-            registered one here (results/chaos_t2_liver_study.md). ``None``: off.
+            where the fixed slice has it (results/chaos_t2_liver_study.md). ``None``: off.
         appearance_percentiles: with ``background_margin``, pixels inside the margin whose
             intensity lies outside these percentiles of the structure's intensities on the
             annotated (moving) slice become background too: they cannot be that structure (same
