@@ -28,8 +28,6 @@ A volume without foreground keeps no slice (a warning, and it is listed in the m
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import zlib
 from collections.abc import Sequence
 from os import PathLike
@@ -41,6 +39,7 @@ import numpy as np
 from jointreg.version import __version__
 from jointreg.data.dataset import Dataset, write_spec
 from jointreg.data.nifti import read_label, write_volume
+from jointreg.utils.atomic import link_or_copy
 from jointreg.data.slices import through_plane_axis
 from jointreg.errors import ConfigError, InputError
 from jointreg.utils.atomic import atomic_dir, write_json
@@ -106,14 +105,6 @@ def case_rng(seed: int, case: str) -> np.random.Generator:
 # --------------------------------------------------------------------------------------------
 # the dataset operation
 # --------------------------------------------------------------------------------------------
-def _link_or_copy(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
-
-
 def _is_within(path: Path, folder: Path) -> bool:
     try:
         path.relative_to(folder)
@@ -232,7 +223,7 @@ def sparsify_dataset(
     with atomic_dir(out, overwrite=overwrite) as tmp:
         target = Dataset(tmp, sparse_spec)
         for case in tqdm(cases, desc="sparsify", unit="case", disable=None if progress else True, leave=False):
-            _link_or_copy(dataset.image_path(case), target.image_path(case))
+            link_or_copy(dataset.image_path(case), target.image_path(case))
             entry = _sparsify_case(
                 dataset, target, case, slices_per_volume=slices_per_volume, strategy=strategy, axis=axis,
                 seed=seed, class_ids=class_ids, ignore=ignore, keep_volume=case in kept_volumes,
@@ -264,7 +255,7 @@ def _sparsify_case(
         return {"unlabelled": True}
     label = read_label(label_path)
     full_source = dataset.label_path(case, full=True)
-    _link_or_copy(full_source if full_source.exists() else label_path, target.label_path(case, full=True))
+    link_or_copy(full_source if full_source.exists() else label_path, target.label_path(case, full=True))
     if volumes_mode:
         sparse = label.array if keep_volume else np.full(label.shape, ignore, dtype=label.array.dtype)
         write_volume(target.label_path(case), sparse, reference=label, is_label=True)
@@ -294,4 +285,4 @@ def _copy_test_split(dataset: Dataset, tmp: Path) -> None:
             continue
         for path in sorted(folder.iterdir()):
             if path.is_file() and not path.name.startswith("."):
-                _link_or_copy(path, tmp / folder.name / path.name)
+                link_or_copy(path, tmp / folder.name / path.name)

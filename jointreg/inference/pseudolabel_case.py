@@ -10,7 +10,6 @@ process or in a spawn pool; a :class:`CaseJob` carries everything a worker needs
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from jointreg.errors import ConfigError, InputError, JointregError
+from jointreg.utils.atomic import link_or_copy
 from jointreg.inference.propagate import MODES, PROPAGATIONS
 
 
@@ -164,7 +164,7 @@ class CaseLabeller:
 
         job, settings, k = self.job, self.job.settings, self.num_classes
         source_image = self.dataset.image_path(case)
-        _link_or_copy(source_image, self.image_path(case))
+        link_or_copy(source_image, self.image_path(case))
         image = self.dataset.read_image(case)
         labels, label_source = self._network_labels(case, image)
         sliced = slice_volume(image, None, self.spec, modality=job.modality, ignore_label=None, case=case)
@@ -274,27 +274,6 @@ class CaseLabeller:
         if mode == "segmentor":
             case_method = "segmentor"
         return fused.cpu().numpy(), info, case_method
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    """Hard-link ``source`` to ``target`` (a copy across file systems), atomically."""
-    from jointreg.utils.atomic import temporary_sibling
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists() and os.path.samefile(source, target):
-        # Already linked by an earlier (interrupted) run. rename() onto a hard link of the same
-        # file would do nothing and leave the temporary name behind.
-        return
-    tmp = temporary_sibling(target)
-    try:
-        try:
-            os.link(source, tmp)
-        except OSError:
-            shutil.copy2(source, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------------------------

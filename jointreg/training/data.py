@@ -43,9 +43,6 @@ class TrainingData:
     def foreground_labels(self) -> dict[str, int]:
         return {name: i for name, i in self.labels.items() if i != 0}
 
-    def remap(self, labels: np.ndarray) -> np.ndarray:
-        """Dataset label ids → network label ids."""
-        return self.label_lut[labels]
 
 
 def class_subset(spec: DatasetSpec, names: tuple[str, ...], source: Path) -> tuple[dict[str, int], np.ndarray, int]:

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from jointreg.errors import ConfigError, InputError
+from jointreg.utils.atomic import link_or_copy
 
 
 @dataclass(frozen=True)
@@ -60,14 +61,6 @@ def assign_folds(cases: list[str], count: int, seed: int) -> list[list[str]]:
         raise ConfigError(f"folds.count: {count} folds need at least {count} cases, the dataset has {len(cases)}")
     order = np.random.default_rng([seed, 11]).permutation(len(cases))
     return [sorted(cases[i] for i in order[k::count]) for k in range(count)]
-
-
-def _link(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:  # another file system, or links not allowed
-        shutil.copy2(source, target)
 
 
 def _pooled_cases(source) -> dict[str, str]:
@@ -118,8 +111,8 @@ def build_fold_datasets(config: FoldsConfig, out: str | os.PathLike[str], *, pro
                 split = pooled[case]
                 target = "Tr" if case in train else "Ts"
                 full_labels = split == "Tr" and source.has_full_labels("Tr")
-                _link(source.image_path(case, split), full / f"images{target}" / source.image_path(case, split).name)
-                _link(source.label_path(case, split, full=full_labels), full / f"labels{target}" / f"{case}{spec.file_ending}")
+                link_or_copy(source.image_path(case, split), full / f"images{target}" / source.image_path(case, split).name)
+                link_or_copy(source.label_path(case, split, full=full_labels), full / f"labels{target}" / f"{case}{spec.file_ending}")
             from jointreg.data.dataset import write_spec
 
             write_spec(full, spec.replace(labels={k_: v for k_, v in spec.labels.items() if k_ != "ignore"}))

@@ -111,3 +111,22 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
                     entry.unlink()
             removed += 1
     return removed
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link ``source`` to ``target`` (a copy across file systems), atomically."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and os.path.samefile(source, target):
+        # Already linked by an earlier (interrupted) run. rename() onto a hard link of the same
+        # file would do nothing and leave the temporary name behind.
+        return
+    tmp = temporary_sibling(target)
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copy2(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
