@@ -29,6 +29,7 @@ from typing import Any
 
 from jointreg.errors import InputError
 from jointreg.utils.atomic import atomic_dir, write_json
+from jointreg.utils.tensor_files import save_tensors
 from jointreg.version import __version__
 
 FORMAT = "jointreg-model"
@@ -130,8 +131,6 @@ def save_model_folder(
     overwrite: bool = True,
 ) -> Path:
     """Write ``model`` as a model folder (atomically: the folder appears complete or not at all)."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     config = model_config(
         model, kind=kind, architecture=architecture, preprocessing=preprocessing,
@@ -139,7 +138,7 @@ def save_model_folder(
     )
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     with atomic_dir(folder, overwrite=overwrite) as tmp:
-        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT, "kind": kind})
+        save_tensors(tmp / WEIGHTS_NAME, state, metadata={"format": FORMAT, "kind": kind})
         write_json(tmp / CONFIG_NAME, config)
     return folder
 

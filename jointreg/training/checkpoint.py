@@ -18,6 +18,7 @@ import torch
 
 from jointreg.errors import InputError
 from jointreg.utils.atomic import atomic_dir, write_json
+from jointreg.utils.tensor_files import save_tensors
 
 TENSORS = "tensors.safetensors"
 STATE = "state.json"
@@ -59,13 +60,11 @@ def join_tensors(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 def save_checkpoint(folder: str | PathLike[str], state: dict[str, Any]) -> Path:
     """Write ``state`` (nested dicts/lists of tensors and JSON values) atomically to ``folder``."""
-    from safetensors.torch import save_file
-
     tensors: dict[str, torch.Tensor] = {}
     skeleton = split_tensors(state, "s", tensors)
     folder = Path(folder)
     with atomic_dir(folder, overwrite=True) as tmp:
-        save_file(tensors, str(tmp / TENSORS))
+        save_tensors(tmp / TENSORS, tensors)
         write_json(tmp / STATE, skeleton, indent=1)
     return folder
 
