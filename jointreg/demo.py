@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from jointreg.errors import InputError
+from jointreg.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,13 @@ class DemoSettings:
     test_cases: int = 4
     seed: int = 0
     quick: bool = False
+
+    def __post_init__(self):
+        # Checked when the settings are made, before run_demo creates its folder.
+        for option, value, low in (("--train-cases", self.train_cases, 1), ("--test-cases", self.test_cases, 0),
+                                   ("--seed", self.seed, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"demo: {option} must be an integer >= {low}, got {value!r}")
 
 
 def demo_recipe_path() -> Path:

@@ -10,10 +10,22 @@ from __future__ import annotations
 from os import PathLike
 
 
+def one_line(text: str) -> str:
+    """``text`` with every run of whitespace (newlines included) made one space."""
+    return " ".join(str(text).split())
+
+
 class JointregError(Exception):
-    """A problem with the user's input or environment, printable as one line."""
+    """A problem with the user's input or environment, printable as one line.
+
+    The message is made one line here, once for all: it often quotes a library's own message
+    (nibabel's "Expected 1024 bytes ... \\n - could the file be damaged?"), which may not be.
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str = "", *args):
+        super().__init__(one_line(message), *args)
 
 
 class InputError(JointregError):
@@ -21,8 +33,8 @@ class InputError(JointregError):
 
     def __init__(self, path: str | PathLike[str] | None, problem: str):
         self.path = None if path is None else str(path)
-        self.problem = problem
-        super().__init__(problem if path is None else f"{path}: {problem}")
+        self.problem = one_line(problem)
+        super().__init__(self.problem if path is None else f"{path}: {self.problem}")
 
 
 class ConfigError(JointregError):

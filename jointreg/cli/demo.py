@@ -24,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from jointreg.demo import DemoSettings, run_demo
+    from jointreg.utils.atomic import check_writable_output
 
+    check_writable_output(args.out)
     settings = DemoSettings(train_cases=args.train_cases, test_cases=args.test_cases, seed=args.seed, quick=args.quick)
     run_demo(args.out, settings, overwrite=args.overwrite, progress=not args.no_progress)
     return 0

@@ -8,7 +8,11 @@ folder (then labelsTs/, else labelsTr_full/, else labelsTr/: the first holding a
 Voxels labelled 'ignore' in the ground truth are excluded. A structure present in only one of
 prediction and ground truth is 'missed': Dice 0, distances NaN, counted in every summary.
 
-REPORT gets per_case.csv, summary.json, summary.md and boxplot_<metric>.png. A case without a
+REPORT gets per_case.csv, summary.json, summary.md, boxplot_<metric>.png, and montages/{case}.png
+with montages.md: per case a few slices with ground-truth and predicted contours, worst case
+first, linked from summary.md. Classes that the predictions' label map (segmentation.json or
+dataset.json in --pred, as `segment`, a run and `pseudolabel` write) lacks are listed as not
+scored, never as missed. A case without a
 prediction gets 'missing' rows and makes the command fail (exit 2) unless --allow-missing.
 --compare writes comparison.md/.json and paired_differences.csv: per-case paired differences
 against the first report and a paired Wilcoxon signed-rank test per class and metric.
@@ -39,6 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow-missing", action="store_true", help="succeed even if some cases have no prediction"
     )
+    parser.add_argument(
+        "--montage-slices", type=int, default=4, metavar="N",
+        help="slices per case in the montages (default 4; 0: no montages)",
+    )
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="processes evaluating cases in parallel (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     parser.add_argument(
@@ -50,7 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check_out(args: argparse.Namespace) -> None:
     from jointreg.errors import InputError
+    from jointreg.utils.atomic import check_writable_output
 
+    check_writable_output(args.out, atomic=True)
     if args.out.exists() and not args.overwrite:
         raise InputError(args.out, "already exists (pass --overwrite to replace it)")
 
@@ -87,11 +97,18 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("--names only applies to --compare")
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    if args.montage_slices < 0:
+        raise ConfigError(f"--montage-slices must be at least 0, got {args.montage_slices}")
     _check_out(args)
     result = evaluate_folders(
-        args.pred, args.gt, labels=args.labels, classes=args.classes, workers=args.workers, progress=True
+        args.pred, args.gt, labels=args.labels, classes=args.classes, workers=args.workers, progress=True,
+        montage_slices=args.montage_slices,
     )
-    summary = write_report(result.rows, args.out, info=result.info, overwrite=args.overwrite)
+    summary = write_report(result.rows, args.out, info=result.info, overwrite=args.overwrite, montages=result.montages)
+    not_predicted = result.info.get("classes_not_predicted")
+    if not_predicted:
+        print(f"not scored (not in the predictions' label map {result.info['prediction_label_map']}): "
+              f"{', '.join(not_predicted)}")
     for class_name, entry in summary["classes"].items():
         dice, hd95 = entry["dice"], entry["hd95"]
         dice_text = "–" if dice["mean"] is None else f"{dice['mean']:.3f} ± {dice['std']:.3f}"

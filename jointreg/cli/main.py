@@ -13,6 +13,7 @@ from types import ModuleType
 
 from jointreg.version import __version__
 from jointreg.errors import JointregError
+from jointreg.utils.atomic import describe_os_error
 
 _DESCRIPTION = (
     "jointreg trains medical image segmenters from a few labelled slices by joint multiscale "
@@ -81,6 +82,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Output piped into a closed reader (e.g. `| head`); not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:
+        # The one place where a file that cannot be written (or read) becomes the one-line error:
+        # only OSErrors naming a path, with an errno of the environment (permissions, read-only
+        # or full file systems, a parent that is a file, a name too long). Others are bugs and
+        # keep their traceback.
+        message = describe_os_error(exc)
+        if message is None:
+            raise
+        print(f"jointreg {args.command}: error: {message}", file=sys.stderr)
+        return JointregError.exit_code
     return int(code or 0)
 
 

@@ -43,4 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int | None:
+    from jointreg.utils.atomic import check_writable_output
+
+    check_writable_output(args.out, atomic=True)  # every converter has --out, built beside and renamed
     return args._convert(args)

@@ -13,9 +13,11 @@ Cases without any annotated voxel are labelled by the segmentor alone.
 
 DIR receives imagesTr/ (hard links or copies), labelsTr/, dataset.json (labels without ignore),
 provenance/{case}.json and pseudolabel.json. The job is resumable: rerun the same command after an
-interruption and finished cases are skipped; the result is the same as an uninterrupted run.
---overwrite starts over in a DIR made by an earlier pseudolabel run (other folders are never
-deleted). Formulas: docs/inference.md.
+interruption or a failure and finished cases are skipped; the result is the same as an
+uninterrupted run. dataset.json is written last, once every case is finished (a DIR without it is
+an unfinished job); a job that finished no case leaves nothing behind, and a rerun with other
+settings simply starts over. --overwrite starts over in a DIR made by an earlier pseudolabel run
+that holds finished cases (other folders are never deleted). Formulas: docs/inference.md.
 """
 
 from __future__ import annotations
@@ -36,8 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output dataset folder")
     parser.add_argument("--mode", choices=("registration", "segmentor", "fusion"), default="fusion",
                         help="how unannotated voxels are labelled (default: %(default)s)")
-    parser.add_argument("--propagation", choices=("direct", "chain"), default="direct",
-                        help="registration from the source slices directly, or through the neighbours (default: %(default)s)")
+    parser.add_argument("--propagation", choices=("direct", "chain"), default=None,
+                        help="registration from the source slices directly, or through the neighbours "
+                             "(default: chain in registration mode, direct otherwise)")
+    parser.add_argument("--refine", type=int, default=None, metavar="STEPS",
+                        help="instance optimisation: Adam steps that refine each registered pair's field on "
+                             "the pair itself (default: 100 in registration mode, 0 otherwise; 0: off)")
     parser.add_argument("--source-slices", type=int, default=1, metavar="K",
                         help="annotated source slices per side for direct propagation (default: %(default)s)")
     parser.add_argument("--verify", type=float, default=0.6, metavar="F",
@@ -56,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     settings = PseudolabelSettings(
         mode=args.mode, propagation=args.propagation, source_slices=args.source_slices,
         batch_size=args.batch_size, device=args.device, verify=None if args.no_verify else args.verify,
+        refine=args.refine,
     )
     summary = pseudolabel_dataset(
         args.run, args.dataset, args.out, settings=settings, workers=args.workers,

@@ -58,7 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from jointreg.inference.register import register_files
     from jointreg.inference.register_inputs import parse_slice_map
+    from jointreg.utils.atomic import check_writable_output
 
+    check_writable_output(args.out, atomic=True)
     slice_map = parse_slice_map(args.slice_map) if args.slice_map else None
     summary = register_files(
         args.model, args.moving, args.fixed, args.out, labels=args.labels, slice_map=slice_map,

@@ -11,7 +11,10 @@ with the input's affine and header ({case}_0000.nii.gz is named {case}); --proba
 OUT/probabilities/{case}.nii.gz, float32 (X, Y, Z, K) with class k in volume k. An input whose
 orientation differs from the training data is segmented in the training orientation and written
 back in its own; a very different spacing is resampled like any input, with a warning.
-Existing outputs are never replaced without --overwrite. Details: docs/inference.md.
+Existing outputs are never replaced without --overwrite. The job is resumable: the same command
+run again (after an interruption, or a failure on one input) keeps the volumes already done and
+segments the others; OUT/segmentation.json lists the finished volumes ("complete": false until
+the last one). Details: docs/inference.md.
 """
 
 from __future__ import annotations
@@ -45,5 +48,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, overwrite=args.overwrite, progress=not args.no_progress,
     )
     warned = sum(1 for case in manifest["cases"].values() if case["warnings"])
-    print(f"segmented {len(manifest['cases'])} volume(s) into {args.out}" + (f" ({warned} with geometry warnings)" if warned else ""))
+    done = len(manifest["already_done"])
+    print(f"segmented {len(manifest['cases']) - done} volume(s)" + (f", {done} already done," if done else "")
+          + f" into {args.out}" + (f" ({warned} with geometry warnings)" if warned else ""))
     return 0

@@ -42,7 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from jointreg.data.sparsify import sparsify_dataset
+    from jointreg.utils.atomic import check_writable_output
 
+    check_writable_output(args.out, atomic=True)
     manifest = sparsify_dataset(
         args.dataset, args.out, slices_per_volume=args.slices_per_volume, volumes=args.volumes,
         strategy=args.strategy, axis=args.axis, seed=args.seed, classes=args.classes, overwrite=args.overwrite,

@@ -24,7 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jointreg.training.study import run_study
+    from jointreg.training.study import load_study, run_study
+    from jointreg.utils.atomic import check_writable_output
 
+    study, _ = load_study(args.study, args.overrides)
+    check_writable_output(study.output)  # before hours of training, not when the table is written
     run_study(args.study, overrides=args.overrides, progress=not args.no_progress, only=args.only)
     return 0

@@ -8,6 +8,13 @@ Examples:
 The run folder (default: OUTPUT/NAME from the recipe, or --out) receives the resolved recipe,
 train.log, TensorBoard logs (tensorboard --logdir RUN), checkpoints, and at the end
 export/registration and export/segmentor model folders plus an evaluation on the test split.
+
+A resume checkpoint is written after each warm-up, after each round and every
+schedule.checkpoint_steps steps (default 100), so --resume works from early on; it continues
+with exactly the weights an uninterrupted run would have, and refuses a recipe that changed
+since the checkpoint (naming each changed key, old -> new). A run that failed before its first
+checkpoint protects nothing: the same command, with the recipe corrected or not, replaces its
+folder without --overwrite, and --resume on it starts at step 0 with the folder's recipe.
 """
 
 from __future__ import annotations
@@ -24,8 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe field, e.g. --set registration.lr=1e-4 (repeatable)")
     parser.add_argument("--out", metavar="RUN", help="run folder (default: OUTPUT/NAME from the recipe)")
-    parser.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last checkpoint")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    parser.add_argument("--resume", metavar="RUN",
+                        help="continue the run in this folder from its last checkpoint (at step 0 when it has none)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing run folder (one without checkpoint or summary is replaced anyway)")
     parser.add_argument("--stop-after", type=int, metavar="STEPS",
                         help="stop with a checkpoint after this many steps (resume later with --resume)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

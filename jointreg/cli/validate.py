@@ -3,9 +3,14 @@
 Reads every file of DATASET (canonical nnU-Net v2 raw layout) and reports, one line per
 problem as 'path: problem' on stderr, everything that would break training or evaluation:
 missing dataset.json or folders, unpaired images and labels, unreadable or truncated NIfTI
-files, non-3D arrays, image/label shape or affine mismatches, NaN intensities, label values not
-declared in dataset.json, a wrong numTraining. A short summary (cases, slices per annotation
-status, voxels per class, spacing) goes to stdout. Exit code 2 when there is any problem.
+files, colour, complex or unknown datatypes, zero or non-finite voxel spacing, scaled label maps,
+non-3D arrays, image/label shape or affine mismatches, NaN intensities, label values not
+declared in dataset.json, a wrong numTraining, label ids with gaps (nnU-Net refuses them),
+files longer than their header says (a damaged dim, datatype or vox_offset).
+Warnings (legal but worth knowing, e.g. images whose header scales their stored values,
+scl_slope/scl_inter) go to stderr as 'path: warning: ...'. A short summary (cases, slices per
+annotation status, voxels per class, spacing) goes to stdout. Exit code 2 when there is any
+problem.
 
 Example:
     jointreg validate data/liver --json liver_report.json

@@ -16,7 +16,6 @@ class is unknown; losses and metrics skip them. It is not background.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from os import PathLike
@@ -28,8 +27,12 @@ import numpy as np
 from jointreg.data.nifti import Volume, read_image, read_label, write_volume
 from jointreg.errors import InputError
 from jointreg.utils.atomic import TMP_PREFIX, write_json
+from jointreg.utils.yaml_io import load_json_file
 
 IGNORE_NAME = "ignore"
+# A dataset.json with a thousand cases listed is ~100 kB; anything this large is not a real one.
+MAX_SPEC_BYTES = 16 << 20
+MAX_LABEL_ID = 2**15 - 1
 CHANNEL_SUFFIX = "_0000"
 SPLITS = ("Tr", "Ts")
 
@@ -126,6 +129,10 @@ class DatasetSpec:
             raise InputError(source, "'channel_names' must be a non-empty object like {\"0\": \"CT\"}")
         if len(channels) != 1:
             raise InputError(source, f"only single-channel datasets are supported, found {len(channels)} channels")
+        for key, value in channels.items():
+            # The name selects the normalisation: null, 5 or a list would silently become "None".
+            if not isinstance(value, str) or not value.strip():
+                raise InputError(source, f"channel_names[{key!r}] must be a name like \"CT\" or \"T2\", found {value!r:.40}")
         raw_labels = data["labels"]
         if not isinstance(raw_labels, Mapping) or not raw_labels:
             raise InputError(source, "'labels' must be a non-empty object of name -> integer id")
@@ -134,7 +141,12 @@ class DatasetSpec:
             if isinstance(value, (list, tuple)):
                 raise InputError(source, f"label '{name}' is region-based ({value}); only integer labels are supported")
             if isinstance(value, bool) or not isinstance(value, int):
-                raise InputError(source, f"label '{name}' has a non-integer id {value!r}")
+                raise InputError(source, f"label '{name}' has a non-integer id {value!r:.40}")
+            if not 0 <= value <= MAX_LABEL_ID:
+                raise InputError(
+                    source, f"label '{name}' has id {value}; ids must lie in 0..{MAX_LABEL_ID} "
+                    "(label maps are stored as int16, and lookups are sized by the largest id)"
+                )
             labels[str(name)] = int(value)
         if 0 not in labels.values():
             raise InputError(source, "labels must include background with id 0")
@@ -167,10 +179,7 @@ def read_spec(path: str | PathLike[str]) -> DatasetSpec:
         path = path / "dataset.json"
     if not path.exists():
         raise InputError(path, "file not found (every dataset needs a dataset.json)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"invalid JSON ({exc})") from None
+    data = load_json_file(path, MAX_SPEC_BYTES, what="dataset.json")
     return DatasetSpec.from_json(data, source=path)
 
 

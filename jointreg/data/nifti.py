@@ -6,12 +6,28 @@ Images are returned as float32 arrays, labels as integer arrays; both come with 
 atomically (see :mod:`jointreg.utils.atomic`).
 
 Array axes are nibabel's: ``array[i, j, k]`` is voxel ``(i, j, k)`` of the affine.
+
+What reading does with unusual content (each case is either refused with an :class:`InputError`
+naming the file, or a stated conversion):
+
+* RGB/RGBA, complex, unknown or unreadable datatype codes: refused (there is no one real
+  intensity per voxel to read, or nothing says how the bytes are meant);
+* a zero, NaN or infinite voxel spacing (``pixdim``, or an sform column): refused (nibabel
+  silently reads a zero ``pixdim`` as 1 mm, which would put every distance in mm off);
+* more than :data:`MAX_VOXELS` voxels in the header: refused before anything is allocated;
+* an intensity scaling (``scl_slope``/``scl_inter``): applied to images as nibabel, ITK and
+  nnU-Net apply it, and recorded in :attr:`Volume.scaling` (``jointreg validate`` reports it);
+  refused for label maps, whose values are ids, not measurements; infinite values are refused;
+* NaN or infinite voxel values: refused in images (unless ``check_finite=False``) and labels.
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -23,6 +39,9 @@ from jointreg.errors import InputError
 from jointreg.utils.atomic import atomic_path
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+# 2^30 voxels: a 1024^3 volume, twice a 512 x 512 x 2000 whole-body CT (4 GB as float32).
+MAX_VOXELS = 1 << 30
+_NIFTI2_HEADER_BYTES = 540
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,12 +54,15 @@ class Volume:
         header: the NIfTI header it was read with (or ``None`` for a volume built in memory);
             writers copy it so that descriptions, units and codes survive.
         path: the file it came from, for error messages.
+        scaling: ``(scl_slope, scl_inter)`` applied on reading (``value = slope * stored +
+            inter``), or ``None`` when the file stores its values unscaled.
     """
 
     array: np.ndarray
     affine: np.ndarray
     header: nib.Nifti1Header | None = None
     path: Path | None = field(default=None)
+    scaling: tuple[float, float] | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -55,7 +77,7 @@ class Volume:
         """The same geometry around new data of the same spatial shape."""
         if tuple(array.shape[:3]) != tuple(self.array.shape[:3]):
             raise ValueError(f"shape {array.shape} does not match {self.array.shape}")
-        return Volume(array, self.affine, self.header, self.path)
+        return Volume(array, self.affine, self.header, self.path, self.scaling)
 
 
 def spacing_from_affine(affine: np.ndarray, ndim: int = 3) -> tuple[float, ...]:
@@ -75,21 +97,137 @@ def strip_nifti_suffix(name: str) -> str:
     return name
 
 
-def _load(path: Path, ndim: int | None) -> tuple[nib.Nifti1Image, np.ndarray]:
+def _stored_header(path: Path) -> nib.Nifti1Header | None:
+    """The header exactly as stored, before nibabel's fixes (it reads a zero ``pixdim`` as 1),
+    or ``None`` when the file is too short or not NIfTI (``nib.load`` then says why).
+
+    Raises:
+        InputError: a ``.gz`` file that is not gzip, or a gzip stream that ends inside the header.
+    """
+    try:
+        with nib.openers.ImageOpener(str(path)) as handle:
+            block = handle.read(_NIFTI2_HEADER_BYTES)
+    except gzip.BadGzipFile:  # before OSError, its base class
+        raise InputError(path, "not a readable NIfTI file: named .gz but not gzip-compressed") from None
+    except (EOFError, zlib.error) as exc:  # a short file cut inside its header
+        raise InputError(path, f"truncated or corrupt compressed NIfTI ({exc})") from None
+    except OSError:
+        return None
+    sizes = {int.from_bytes(block[:4], order) for order in ("little", "big")}
+    klass = nib.Nifti2Header if _NIFTI2_HEADER_BYTES in sizes else nib.Nifti1Header
+    size = klass.template_dtype.itemsize
+    if len(block) < size or not sizes & {348, _NIFTI2_HEADER_BYTES}:
+        return None
+    try:
+        return klass(block[:size], check=False)
+    except (ValueError, nib.spatialimages.HeaderDataError):
+        return None
+
+
+def _check_stored_header(path: Path, header: nib.Nifti1Header) -> None:
+    """Refuse what nibabel would crash on or change without a word (see the module docstring)."""
+    codes = nib.nifti1.data_type_codes
+    code = int(header["datatype"])
+    if code not in codes.value_set("code"):
+        raise InputError(path, f"unknown NIfTI datatype code {code} (the header is damaged or not standard NIfTI)")
+    dtype, label = np.dtype(codes.dtype[code]), codes.label[code]
+    if dtype.fields is not None:
+        raise InputError(
+            path, f"colour data ({label}, datatype {code}) is not supported: jointreg reads one intensity "
+            "per voxel; convert the image to greyscale"
+        )
+    if dtype.kind == "c" or label.startswith("complex"):
+        raise InputError(
+            path, f"complex-valued data ({label}, datatype {code}) is not supported: jointreg reads real "
+            "intensities and would drop the imaginary part; store the magnitude as float32"
+        )
+    if dtype.itemsize == 0:
+        raise InputError(path, f"NIfTI datatype {code} ({label}) cannot be read as voxel values")
+    dims = [int(d) for d in header["dim"]]
+    if not 1 <= dims[0] <= 7 or min(dims[1 : dims[0] + 1]) < 1:
+        raise InputError(path, f"invalid NIfTI dimensions (dim = {dims})")
+    voxels = math.prod(dims[1 : dims[0] + 1])
+    if voxels > MAX_VOXELS:
+        raise InputError(
+            path, f"the header declares {voxels:,} voxels (dim = {dims[1 : dims[0] + 1]}), more than the "
+            f"{MAX_VOXELS:,} jointreg reads"
+        )
+    if int(header["sform_code"]) <= 0:  # the affine comes from pixdim (qform, or the fallback)
+        pixdim = [float(v) for v in header["pixdim"][1 : min(dims[0], 3) + 1]]
+        for axis, value in enumerate(pixdim):
+            if value == 0 or not math.isfinite(value):
+                raise InputError(
+                    path, f"voxel spacing along axis {axis} is {value:g} (pixdim[{axis + 1}]): a spacing must be "
+                    "finite and non-zero (nibabel would read 0 as 1 mm without a word); fix the header"
+                )
+    # NIfTI: a slope of 0 or NaN means "unscaled"; an infinite one has no meaning (nibabel
+    # ignores it, other readers would not).
+    slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
+    if math.isinf(slope) or (slope != 0 and math.isfinite(slope) and math.isinf(inter)):
+        raise InputError(path, f"invalid intensity scaling (scl_slope {slope:g}, scl_inter {inter:g})")
+
+
+@contextmanager
+def _quiet_nibabel() -> Iterator[None]:
+    """Silence nibabel's log of the header fixes it makes on loading: lines on stderr that name
+    no file (twice: its own handler and the root logger's). :func:`header_fixes` says them
+    instead, with the file, for ``jointreg validate``."""
+    logger = nib.imageglobals.logger
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
+
+
+def header_fixes(path: str | PathLike[str]) -> list[str]:
+    """What nibabel changes in the header of ``path`` on loading, in its words (e.g.
+    ``"pixdim[1,2,3] should be positive; setting to abs of pixdim values"``); empty for a valid
+    header. Other readers may not make the same changes, so the geometry they see may differ."""
+    stored = _stored_header(Path(path))
+    if stored is None:
+        return []
+    return [line for line in type(stored).diagnose_binaryblock(stored.binaryblock).splitlines() if line.strip()]
+
+
+def _check_affine(path: Path, affine: np.ndarray, ndim: int) -> None:
+    axes = max(1, min(ndim, 3))
+    spacing = np.linalg.norm(affine[:3, :axes], axis=0)
+    if not np.isfinite(affine).all() or (spacing <= 0).any():
+        shown = ", ".join(f"{v:g}" for v in spacing)
+        raise InputError(path, f"degenerate affine: voxel spacing ({shown}) mm must be finite and positive")
+    if axes == 3 and abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InputError(path, "degenerate affine: its axes are not independent (determinant 0)")
+
+
+def _load(path: Path, ndim: int | None) -> tuple[nib.Nifti1Image, np.ndarray, tuple[float, float] | None]:
+    """The image, its data as stored (scaled when the header says so) and the scaling applied."""
     if not path.exists():
         raise InputError(path, "file not found")
     if path.is_dir():
         raise InputError(path, "is a folder, expected a NIfTI file")
+    stored = _stored_header(path)
+    if stored is not None:
+        _check_stored_header(path, stored)
     try:
-        img = nib.load(str(path))
-        # Reading the data forces decompression, which is where truncation shows.
-        raw = np.asanyarray(img.dataobj)
+        with _quiet_nibabel():
+            img = nib.load(str(path))
+            # Reading the data forces decompression, which is where truncation shows.
+            raw = np.asanyarray(img.dataobj)
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise InputError(path, f"truncated or corrupt compressed NIfTI ({exc})") from None
     except nib.filebasedimages.ImageFileError as exc:
         raise InputError(path, f"not a readable NIfTI file ({exc})") from None
+    except nib.spatialimages.HeaderDataError as exc:
+        raise InputError(path, f"invalid NIfTI header ({exc})") from None
+    except MemoryError:
+        raise InputError(path, "not enough memory to read the voxel data") from None
     except (OSError, ValueError) as exc:
         raise InputError(path, f"cannot read NIfTI data ({exc})") from None
+    if raw.dtype.fields is not None or raw.dtype.kind not in "biuf":
+        raise InputError(path, f"voxel data of type {raw.dtype} cannot be read as intensities")
+    slope, inter = (float(getattr(img.dataobj, name, default)) for name, default in (("slope", 1.0), ("inter", 0.0)))
+    scaling = None if (slope, inter) == (1.0, 0.0) else (slope, inter)
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         img = nib.Nifti1Image(raw, img.affine)
     if ndim is not None:
@@ -100,11 +238,12 @@ def _load(path: Path, ndim: int | None) -> tuple[nib.Nifti1Image, np.ndarray]:
             raise InputError(
                 path, f"expected a {ndim}D volume, found {raw.ndim}D data of shape {raw.shape}"
             )
-    return img, raw
+    _check_affine(path, np.asarray(img.affine, dtype=np.float64), raw.ndim)
+    return img, raw, scaling
 
 
 def read_image(path: str | PathLike[str], *, ndim: int | None = 3, check_finite: bool = True) -> Volume:
-    """Read an image as float32 with its geometry.
+    """Read an image as float32 with its geometry (scaled by ``scl_slope``/``scl_inter``).
 
     Args:
         path: ``.nii`` or ``.nii.gz`` file.
@@ -112,26 +251,39 @@ def read_image(path: str | PathLike[str], *, ndim: int | None = 3, check_finite:
         check_finite: raise on NaN or infinite voxels.
 
     Raises:
-        InputError: missing, unreadable or truncated file, wrong dimensionality, NaN voxels.
+        InputError: missing, unreadable or truncated file, unsupported content (see the module
+            docstring), wrong dimensionality, NaN voxels.
     """
     path = Path(path)
-    img, raw = _load(path, ndim)
-    # ``dataobj`` has already applied the header's scale slope/intercept.
-    array = raw.astype(np.float32, copy=False)
+    img, raw, scaling = _load(path, ndim)
+    # ``dataobj`` has already applied the header's scale slope/intercept. Values beyond float32
+    # become infinite, which the check below reports.
+    with np.errstate(over="ignore", invalid="ignore"):
+        array = raw.astype(np.float32, copy=False)
     if check_finite and not np.isfinite(array).all():
         bad = int((~np.isfinite(array)).sum())
-        raise InputError(path, f"{bad} voxel(s) are NaN or infinite")
-    return Volume(np.ascontiguousarray(array), np.asarray(img.affine, dtype=np.float64), img.header, path)
+        cause = f" after scaling by scl_slope {scaling[0]:g}, scl_inter {scaling[1]:g}" if scaling else ""
+        raise InputError(
+            path, f"{bad} voxel(s) are NaN or infinite{cause}; jointreg does not guess intensities: "
+            "replace them (e.g. by the background value)"
+        )
+    return Volume(np.ascontiguousarray(array), np.asarray(img.affine, dtype=np.float64), img.header, path, scaling)
 
 
 def read_label(path: str | PathLike[str], *, ndim: int | None = 3) -> Volume:
     """Read a label map as an integer array (int16, or int32 when values need it).
 
     Raises:
-        InputError: as :func:`read_image`, and for non-integer or negative label values.
+        InputError: as :func:`read_image`, for an intensity scaling (label values are ids: a
+            scaling would change them), and for non-integer, negative or too large values.
     """
     path = Path(path)
-    img, raw = _load(path, ndim)
+    img, raw, scaling = _load(path, ndim)
+    if scaling is not None:
+        raise InputError(
+            path, f"label map has an intensity scaling (scl_slope {scaling[0]:g}, scl_inter {scaling[1]:g}) "
+            "that would change its label values on reading; store labels unscaled (scl_slope 1, scl_inter 0)"
+        )
     if np.issubdtype(raw.dtype, np.floating):
         if not np.isfinite(raw).all():
             raise InputError(path, "label map holds NaN or infinite values")
@@ -143,6 +295,8 @@ def read_label(path: str | PathLike[str], *, ndim: int | None = 3) -> Volume:
     if raw.size and raw.min() < 0:
         raise InputError(path, f"label map holds negative values (min {raw.min()})")
     top = int(raw.max()) if raw.size else 0
+    if top >= 2**31:
+        raise InputError(path, f"label map holds a value too large for a label id ({top})")
     dtype = np.int16 if top < 2**15 else np.int32
     return Volume(np.ascontiguousarray(raw.astype(dtype)), np.asarray(img.affine, dtype=np.float64), img.header, path)
 
@@ -202,6 +356,34 @@ def write_volume(
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
     return path
+
+
+def trailing_bytes(volume: Volume) -> int:
+    """Bytes of the file ``volume`` was read from after the voxel data its header declares (0 when the file ends
+    where its data ends, as every writer makes it).
+
+    More means that the header does not describe the file: a damaged ``dim``, ``datatype`` or
+    ``vox_offset`` makes nibabel (and any reader) take a part of the data for all of it, without
+    an error. ``jointreg validate`` reports it. A ``.gz`` file is checked by its gzip trailer
+    (the uncompressed size, modulo 2^32), and decompressed only when that differs (several gzip
+    members, as bgzip writes).
+    """
+    path = Path(volume.path)
+    with _quiet_nibabel():
+        proxy = nib.load(str(path)).dataobj  # where nibabel reads the voxels (header only, no data)
+    end = int(proxy.offset) + math.prod(proxy.shape) * proxy.dtype.itemsize
+    if not path.name.endswith(".gz"):
+        return max(0, path.stat().st_size - end)
+    with path.open("rb") as handle:
+        handle.seek(-4, 2)
+        if int.from_bytes(handle.read(4), "little") == end % 2**32:
+            return 0
+    extra = 0
+    with nib.openers.ImageOpener(str(path)) as handle:
+        handle.seek(end)
+        while chunk := handle.read(1 << 20):
+            extra += len(chunk)
+    return extra
 
 
 def same_geometry(a: Volume, b: Volume, *, atol: float = 1e-3) -> str | None:

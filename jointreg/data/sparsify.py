@@ -38,7 +38,7 @@ import numpy as np
 
 from jointreg.version import __version__
 from jointreg.data.dataset import Dataset, write_spec
-from jointreg.data.nifti import read_label, write_volume
+from jointreg.data.nifti import read_label, same_geometry, write_volume
 from jointreg.utils.atomic import link_or_copy
 from jointreg.data.slices import through_plane_axis
 from jointreg.errors import ConfigError, InputError
@@ -182,8 +182,9 @@ def sparsify_dataset(
     Raises:
         ConfigError: inconsistent options (both or neither of the counts, unknown strategy or
             class, more volumes than labelled cases).
-        InputError: unusable source, ``out`` equal to, inside or around ``source``, or an
-            existing ``out`` without ``overwrite``. Nothing is written in these cases.
+        InputError: unusable source (unreadable files, a label whose shape or affine differs
+            from its image's), ``out`` equal to, inside or around ``source``, or an existing
+            ``out`` without ``overwrite``. Nothing is written in these cases.
     """
     from tqdm.auto import tqdm
 
@@ -254,6 +255,10 @@ def _sparsify_case(
         target.write_label(case, np.full(image.shape, ignore, dtype=np.int16), reference=image)
         return {"unlabelled": True}
     label = read_label(label_path)
+    # The image is only linked, but a label that does not fit it would make a broken dataset.
+    mismatch = same_geometry(dataset.read_image(case), label)
+    if mismatch is not None:
+        raise InputError(label_path, f"label {mismatch} of image {dataset.image_path(case).name}")
     full_source = dataset.label_path(case, full=True)
     link_or_copy(full_source if full_source.exists() else label_path, target.label_path(case, full=True))
     if volumes_mode:

@@ -2,14 +2,19 @@
 
 :func:`validate_dataset` never stops at the first problem: it reports, per file, everything
 that would make training, evaluation or nnU-Net fail later (missing or unpaired files,
-unreadable or truncated NIfTI, non-3D arrays, image/label shape or affine mismatches, NaN
-intensities, label values not declared in ``dataset.json``, a wrong ``numTraining``), and
+unreadable or truncated NIfTI, content the reader refuses (colour, complex or unknown datatypes,
+zero or non-finite voxel spacing, scaled label maps; :mod:`jointreg.data.nifti`), non-3D arrays,
+image/label shape or affine mismatches, NaN intensities, label values not declared in
+``dataset.json``, a wrong ``numTraining``, label ids with gaps, which nnU-Net refuses, files
+longer than their header says, whose voxels would be misread), and
 summarises what it read (cases per split, voxels per class, slices per annotation status along
 the through-plane axis, spacing range).
 
 Problems make the dataset unusable as it is (``jointreg validate`` exits with code 2);
 warnings are worth knowing but legal, e.g. a case whose label is ``ignore`` everywhere, which a
-sparse dataset uses for an unlabelled volume.
+sparse dataset uses for an unlabelled volume, or an image whose header scales its stored values
+(``scl_slope``/``scl_inter``): the intensities jointreg trains on are the scaled ones, as in
+nibabel, ITK and nnU-Net, and the warning says so, so that a changed scaling is noticed.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from jointreg.data.dataset import CHANNEL_SUFFIX, SPLITS, DatasetSpec, read_spec
-from jointreg.data.nifti import NIFTI_SUFFIXES, Volume, read_image, read_label, same_geometry
+from jointreg.data.nifti import NIFTI_SUFFIXES, Volume, read_image, read_label, same_geometry, header_fixes, trailing_bytes
 from jointreg.data.slices import SliceStatus, stack_status, through_plane_axis
 from jointreg.errors import InputError
 from jointreg.utils.atomic import TMP_PREFIX
@@ -121,6 +126,8 @@ def validate_dataset(root: str | PathLike[str], *, atol: float = GEOMETRY_ATOL_M
         spec = read_spec(root)
     except InputError as exc:
         report.problem(exc.path, exc.problem)
+    if spec is not None:
+        _check_consecutive(root / "dataset.json", spec, report)
     checker = _Checker(root, spec, report, atol)
     if not (root / "imagesTr").is_dir():
         report.problem(root / "imagesTr", "folder not found (training images go in imagesTr/CASE_0000.nii.gz)")
@@ -161,7 +168,7 @@ class _Checker:
             name = path.name
             if name.startswith((TMP_PREFIX, ".")):
                 continue
-            if name.endswith(suffix) and path.is_file():
+            if name.endswith(suffix):  # a folder with this name is reported by the reader
                 found[name[: -len(suffix)]] = path
             elif path.is_dir():
                 self.report.warn(path, "unexpected folder, ignored")
@@ -205,21 +212,34 @@ class _Checker:
     # --- one case ----------------------------------------------------------------------
     def _read(self, reader: Any, path: Path) -> Volume | None:
         try:
-            return reader(path)
+            volume = reader(path)
         except InputError as exc:
             self.report.problem(exc.path, exc.problem)
             return None
+        extra = trailing_bytes(volume)
+        if extra:
+            self.report.problem(
+                path, f"{extra:,} byte(s) follow the voxel data that the header declares (dim "
+                f"{list(volume.header.get_data_shape())}, {volume.header.get_data_dtype()}): the header does not "
+                "describe this file (a damaged dim, datatype or vox_offset), so its voxels would be misread; "
+                "fix the header or export the image again"
+            )
+            return None
+        for fix in header_fixes(path):
+            self.report.warn(path, f"invalid header field, changed by nibabel on reading (other readers may differ): {fix}")
+        return volume
 
     def _check_case(self, split: str, image_path: Path, label_path: Path | None, full_path: Path | None) -> None:
-        image = self._read(read_image, image_path)
+        image = self._read(read_image, image_path)  # refuses degenerate affines itself
         if image is not None:
-            spacing = image.spacing
-            if min(spacing) <= 0 or abs(np.linalg.det(image.affine[:3, :3])) < 1e-12:
-                self.report.problem(image_path, f"degenerate affine (voxel spacing {spacing} mm)")
-                image = None
-            else:
-                self.spacings.append(spacing)
-                self.shapes.append(image.shape)
+            self.spacings.append(image.spacing)
+            self.shapes.append(image.shape)
+            if image.scaling is not None:
+                slope, inter = image.scaling
+                self.report.warn(
+                    image_path, f"intensities are scaled on reading: value = {slope:g} x stored + {inter:g} "
+                    "(scl_slope, scl_inter; applied as nibabel, ITK and nnU-Net apply it)"
+                )
         label = self._read(read_label, label_path) if label_path is not None else None
         counts: dict[int, int] = {}
         if label is not None:
@@ -302,6 +322,19 @@ class _Checker:
 
     def _name(self, value: int) -> str:
         return self.id_to_name.get(int(value), str(int(value)))
+
+
+def _check_consecutive(path: Path, spec: DatasetSpec, report: ValidationReport) -> None:
+    """nnU-Net v2 refuses class ids with gaps (``ignore`` aside); jointreg itself would not
+    mind (its networks number the classes they train on), so only ``validate`` says it."""
+    for expected, (name, value) in enumerate(spec.class_labels.items()):
+        if value != expected:
+            report.problem(
+                path, f"label ids are not consecutive: {name!r} has id {value}, expected {expected} "
+                "(nnU-Net requires ids 0, 1, 2, ... without gaps, 'ignore' aside; renumber the labels, "
+                "e.g. with jointreg prepare --map)"
+            )
+            return
 
 
 def _is_other_channel(name: str, ending: str) -> bool:

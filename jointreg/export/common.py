@@ -14,9 +14,11 @@ Each network is wrapped so that it takes and returns plain tensors:
 Tracing specialises the graph to the traced spatial size (padding amounts, the identity grid), so
 every export is FIXED-SIZE in H and W: by default the model's training size
 (``preprocessing["size"]``), or the size given. The batch size may vary. Next to each file a
-``{name}.json`` records the input and output names and shapes, labels, preprocessing (slicing
-axis, size, intensity normalisation) and modality, so a deployment can prepare inputs exactly like
-jointreg does (:mod:`jointreg.data.slices`).
+``{name}.json`` records the input and output names and shapes, labels, preprocessing settings
+and modality, and the ``pipeline`` they resolve to (:mod:`jointreg.export.preprocessing`: reading,
+orientation, slicing axis, normalisation formula, resize and padding rules, and for a segmentor
+how logits become labels), so that a deployment can prepare inputs exactly like jointreg does;
+``examples/deploy_onnx.py`` does it with numpy + onnxruntime.
 """
 
 from __future__ import annotations
@@ -30,12 +32,15 @@ import torch
 from torch import nn
 
 from jointreg.errors import ConfigError, InputError
+from jointreg.export.preprocessing import PIPELINE, pipeline_of
 from jointreg.version import __version__
 
 ONNX_OPSET = 17
 # Largest difference accepted between an exported network and the PyTorch model, relative to the
 # output's magnitude (at least 1): export must not change the computation.
 TOLERANCE = 1e-4
+# Input voxels (channels x H x W) an export may be traced at; see export_size.
+MAX_EXPORT_VOXELS = 2048 * 2048
 FIXED_SIZE_NOTE = (
     "The graph was traced at this spatial size and only accepts it (padding and sampling grids are "
     "fixed at export); the batch size may vary. Re-export with --size H W for another size."
@@ -90,19 +95,40 @@ def relative_difference(produced: Sequence[Any], expected: Sequence[Any]) -> flo
 def export_size(loaded: Any, size: Sequence[int] | None) -> tuple[int, int]:
     """The ``(H, W)`` to trace at: ``size`` or the model's training size.
 
+    The input voxels (channels × H × W) are bounded by :data:`MAX_EXPORT_VOXELS`: tracing runs
+    the network on an example of that size and keeps its activations, so an absurd size would
+    exhaust memory long before the export finished.
+
     Raises:
-        ConfigError: a size that is not two integers >= 8.
-        InputError: no size given and none recorded in the model folder.
+        ConfigError: a size that is not two integers >= 8, or too many voxels.
+        InputError: no size given, or a recorded size that is unusable (naming config.json).
     """
-    if size is None:
-        recorded = loaded.preprocessing.get("size")
-        if not recorded:
+    recorded = size is None
+    if recorded:
+        size = loaded.preprocessing.get("size")
+        if not size:
             raise InputError(loaded.path, "records no training size in config.json; pass --size H W")
-        size = recorded
-    values = tuple(int(v) for v in size)
+    try:
+        values = tuple(int(v) for v in size)
+        channels = int(loaded.config.get("arguments", {}).get("in_channels", 1))
+    except (TypeError, ValueError):
+        values, channels = (), 1
+    problem = None
     if len(values) != 2 or min(values) < 8:
-        raise ConfigError(f"export size must be two integers >= 8 (H W), got {list(size)}")
-    return values  # type: ignore[return-value]
+        problem = f"export size must be two integers >= 8 (H W), got {size!r:.60}"
+    elif channels * values[0] * values[1] > MAX_EXPORT_VOXELS:
+        problem = (
+            f"export size {values[0]} x {values[1]} x {channels} channel(s) is "
+            f"{channels * values[0] * values[1]:,} input voxels, more than {MAX_EXPORT_VOXELS:,} "
+            f"(2048 x 2048): the graph is traced on an example of this size, whose activations "
+            f"would exhaust memory"
+        )
+    if problem is None:
+        return values  # type: ignore[return-value]
+    if recorded:
+        config = Path(loaded.path) / "config.json" if loaded.path is not None else None
+        raise InputError(config, f"preprocessing.size: {problem}")
+    raise ConfigError(problem)
 
 
 def wrap(loaded: Any, size: tuple[int, int], batch: int = 1) -> tuple[nn.Module, Signature, tuple[torch.Tensor, ...]]:
@@ -152,6 +178,7 @@ def metadata(loaded: Any, fmt: str, file_name: str, signature: Signature, **more
         "labels": loaded.labels,
         "modality": loaded.modality,
         "preprocessing": loaded.preprocessing,
+        PIPELINE: pipeline_of(loaded.config, loaded.path),
         "source_model": str(Path(loaded.path).resolve()) if loaded.path is not None else None,
         "jointreg_version": __version__,
         "torch_version": torch.__version__.split("+")[0],

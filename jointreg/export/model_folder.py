@@ -30,6 +30,7 @@ from typing import Any
 from jointreg.errors import InputError
 from jointreg.utils.atomic import atomic_dir, write_json
 from jointreg.utils.tensor_files import save_tensors
+from jointreg.utils.yaml_io import load_json_file
 from jointreg.version import __version__
 
 FORMAT = "jointreg-model"
@@ -37,6 +38,8 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 KINDS = ("registration", "segmentor")
+# A real config.json is a few kB; anything near this bound is not one.
+MAX_CONFIG_BYTES = 1 << 20
 
 
 @dataclass
@@ -159,10 +162,7 @@ def read_model_config(folder: str | PathLike[str]) -> dict[str, Any]:
         raise InputError(folder, f"not a jointreg model folder: {CONFIG_NAME} is missing")
     if not (folder / WEIGHTS_NAME).is_file():
         raise InputError(folder, f"{WEIGHTS_NAME} is missing")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(config_path, f"invalid JSON ({exc})") from None
+    config = load_json_file(config_path, MAX_CONFIG_BYTES, what="model config")
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise InputError(config_path, f"not a jointreg model config (format is not {FORMAT!r})")
     version = config.get("format_version")
@@ -177,6 +177,10 @@ def read_model_config(folder: str | PathLike[str]) -> dict[str, Any]:
     for key in ("architecture", "arguments"):
         if key not in config:
             raise InputError(config_path, f"missing key '{key}'")
+    if not isinstance(config["architecture"], str):
+        raise InputError(config_path, f"'architecture' must be a name, found {config['architecture']!r:.60}")
+    if not isinstance(config["arguments"], dict):
+        raise InputError(config_path, "'arguments' must be an object of constructor arguments")
     return config
 
 
@@ -191,7 +195,9 @@ def load_model_folder(
         kind: require this kind (``registration`` or ``segmentor``).
 
     Raises:
-        InputError: a bad folder, a config that does not match its weights, a wrong kind.
+        InputError: a bad folder, a config that does not match its weights, a wrong kind,
+            arguments that would build an oversized network (checked before anything is
+            allocated, :func:`jointreg.nets.arguments.build_bounded`).
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -208,6 +214,8 @@ def load_model_folder(
         raise InputError(folder / CONFIG_NAME, str(exc)) from None
     except TypeError as exc:
         raise InputError(folder / CONFIG_NAME, f"arguments do not fit architecture '{config['architecture']}' ({exc})") from None
+    with open(folder / WEIGHTS_NAME, "rb"):
+        pass  # safetensors reports an unreadable file as "No such file or directory"; open() says why
     try:
         state = load_file(str(folder / WEIGHTS_NAME), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:

@@ -4,13 +4,14 @@
 >>> warped, flow = session.run(None, {"moving": m, "fixed": f})                    # doctest: +SKIP
 
 Input and output names are those of :class:`~jointreg.export.common.Signature`; the batch
-axis is dynamic, H and W are fixed at the exported size. When onnxruntime is installed the
-exported file is checked against the PyTorch model before it is kept.
+axis is dynamic, H and W are fixed at the exported size. The exported file is checked with
+onnxruntime against the PyTorch model before it is kept. Both ``onnx`` (the exporter writes
+through it) and ``onnxruntime`` come with the ``export`` extra: ``pip install 'jointreg[export]'``;
+without them the export is refused with that line before anything is written.
 """
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections.abc import Sequence
 from os import PathLike
@@ -19,20 +20,36 @@ from typing import Any
 
 import torch
 
-from jointreg.errors import JointregError
+from jointreg.errors import ConfigError, JointregError
 from jointreg.export.common import ONNX_OPSET, TOLERANCE, as_tuple, export_size, metadata, relative_difference, wrap
 from jointreg.utils.atomic import atomic_path, write_json
 
-log = logging.getLogger(__name__)
+MISSING_PACKAGE = "ONNX export needs the {} package: pip install 'jointreg[export]'"
 
 
-def _check_with_onnxruntime(file: Path, loaded: Any, size: tuple[int, int], names: list[str]) -> float | None:
-    """Largest relative difference between onnxruntime and PyTorch at batch 2 (``None``: no onnxruntime)."""
+def require_onnx() -> Any:
+    """Import ``onnx`` and ``onnxruntime`` (the ``export`` extra) and return ``onnxruntime``.
+
+    Both are optional dependencies; torch's exporter reports a missing ``onnx`` only halfway
+    through the export, as a long traceback, so they are checked first.
+
+    Raises:
+        ConfigError: either is not importable (the message names it and the pip command).
+    """
+    try:
+        import onnx  # noqa: F401  (torch's exporter imports it; checked here for a clear message)
+    except ImportError:
+        raise ConfigError(MISSING_PACKAGE.format("onnx")) from None
     try:
         import onnxruntime
     except ImportError:
-        log.info("onnxruntime is not installed: %s is not checked", file)
-        return None
+        raise ConfigError(MISSING_PACKAGE.format("onnxruntime")) from None
+    return onnxruntime
+
+
+def _check_with_onnxruntime(file: Path, loaded: Any, size: tuple[int, int], names: list[str]) -> float:
+    """Largest relative difference between onnxruntime and PyTorch at batch 2."""
+    onnxruntime = require_onnx()
     module, _, inputs = wrap(loaded, size, batch=2)
     session = onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])
     produced = session.run(None, {n: x.numpy() for n, x in zip(names, inputs)})
@@ -56,8 +73,10 @@ def export_onnx(
         ``path``.
 
     Raises:
-        JointregError: the ``onnx`` package is missing, or onnxruntime disagrees with PyTorch.
+        ConfigError: ``onnx`` or ``onnxruntime`` is not installed (``pip install 'jointreg[export]'``).
+        JointregError: onnxruntime disagrees with PyTorch.
     """
+    require_onnx()
     path = Path(path)
     hw = export_size(loaded, size)
     module, signature, inputs = wrap(loaded, hw)
@@ -71,16 +90,16 @@ def export_onnx(
                     module, inputs, str(tmp), dynamo=False, opset_version=opset, input_names=input_names,
                     output_names=output_names, dynamic_axes=dynamic, do_constant_folding=True,
                 )
-        except ImportError as exc:
-            raise JointregError(f"ONNX export needs the 'onnx' package ({exc}); install it with: pip install onnx") from None
+        except ImportError as exc:  # another module the exporter imports late
+            raise ConfigError(f"{MISSING_PACKAGE.format('onnx')} ({exc})") from None
         finally:
             loaded.model.eval()  # the exporter restores the wrapper's mode, which may be training
         difference = _check_with_onnxruntime(tmp, loaded, hw, input_names)
-        if difference is not None and difference > TOLERANCE:
+        if difference > TOLERANCE:
             raise JointregError(f"{loaded.path}: onnxruntime differs from PyTorch by {difference:.3g}; not exported")
     write_json(path.with_suffix(".json"), metadata(
         loaded, "onnx", path.name, signature, opset=opset,
         load="onnxruntime.InferenceSession(file).run(None, {input name: array})",
-        checked_with_onnxruntime=difference is not None,
+        checked_with_onnxruntime=True,
     ))
     return path

@@ -84,6 +84,11 @@ class RunPaths:
     def summary(self) -> Path:
         return self.root / "summary.json"
 
+    @property
+    def lock(self) -> Path:
+        """Locked (``flock``) by the ``jointreg train`` working in the folder; kept afterwards."""
+        return self.root / ".lock"
+
     def is_run(self) -> bool:
         """Whether ``root`` looks like a run folder (it holds a recipe.yaml)."""
         return self.recipe.is_file()

@@ -8,6 +8,7 @@ See :mod:`jointreg.export.common` for the wrappers, the fixed-size caveat and th
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Sequence
 from os import PathLike
@@ -50,9 +51,14 @@ def export_torchscript(loaded: Any, path: str | PathLike[str], *, size: Sequence
         difference = relative_difference(as_tuple(traced(*check_inputs)), as_tuple(module(*check_inputs)))
     if difference > TOLERANCE:
         raise JointregError(f"{loaded.path}: the traced {loaded.kind} differs from the model by {difference:.3g}; not exported")
-    with atomic_path(path) as tmp, warnings.catch_warnings():
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.save(traced, str(tmp))
+        torch.jit.save(traced, buffer)
+    with atomic_path(path) as tmp:
+        # Written by Python, not by torch's C++ writer: a folder that cannot be written is then an
+        # OSError naming the file (one line on the command line), not a RuntimeError.
+        tmp.write_bytes(buffer.getvalue())
     write_json(path.with_suffix(".json"), metadata(
         loaded, "torchscript", path.name, signature, load="torch.jit.load(file); outputs = module(*inputs)",
     ))

@@ -2,7 +2,10 @@
 
 Segmentors: each test volume is segmented slice by slice, mapped back to its source grid,
 (optionally) written as NIfTI with the image's affine, and scored against its full labels with
-:mod:`jointreg.metrics` (Dice, HD, HD95, ASSD in mm; missed structures flagged).
+:mod:`jointreg.metrics` (Dice, HD, HD95, ASSD in mm; missed structures flagged). The predictions
+folder gets a ``segmentation.json`` naming its label ids (the segmentor's classes), so that
+``jointreg evaluate`` on it scores those classes only; the report gets one montage per case
+(ground-truth and predicted contours, worst case first: :mod:`jointreg.metrics.gallery`).
 
 Registration networks: docs/design.md's protocol, loop variant — in each volume the slice with the largest
 foreground area is the moving (annotated) slice and every slice within the pairing radius is a
@@ -42,6 +45,7 @@ def evaluate_segmentor_on_volumes(
     progress: bool = True,
     largest_component: Sequence[int] = (),
     raw_report_dir: Path | None = None,
+    montage_slices: int = 4,
 ) -> dict[str, Any]:
     """Segment ``volumes``, write predictions and an evaluation report; return the summary.
 
@@ -53,6 +57,7 @@ def evaluate_segmentor_on_volumes(
             (:mod:`jointreg.inference.postprocess`); the predictions and the report are the
             post-processed ones.
         raw_report_dir: with post-processing, also report the predictions without it here.
+        montage_slices: slices per case in the report's montages (0: none).
 
     Returns:
         The summary; with post-processing and ``raw_report_dir``, the summary without it is
@@ -61,11 +66,15 @@ def evaluate_segmentor_on_volumes(
     from tqdm.auto import tqdm
 
     from jointreg.data.nifti import write_volume
-    from jointreg.metrics import evaluate_arrays, summarize, write_report
-
     from jointreg.inference.postprocess import keep_largest_component
+    from jointreg.inference.segment import MANIFEST_NAME
+    from jointreg.metrics import evaluate_arrays, summarize, write_report
+    from jointreg.metrics.gallery import CaseMontage, case_montage_png
 
-    cases, raw_cases = [], []
+    ignore = dataset.spec.ignore_label
+    if ignore is not None and label_lut is not None:
+        ignore = int(label_lut[ignore])
+    rows, raw_cases, montages = [], [], {}
     for volume in tqdm(volumes, desc="evaluate", disable=None if progress else True, unit="case"):
         raw, _ = segment_sliced_volume(segmentor, volume)
         prediction = keep_largest_component(raw, largest_component) if largest_component else raw
@@ -74,14 +83,23 @@ def evaluate_segmentor_on_volumes(
                          reference=volume.reference, is_label=True)
         truth = dataset.read_label(volume.case, split)
         gt = truth.array if label_lut is None else label_lut[truth.array]
-        cases.append((volume.case, prediction, gt, truth.spacing))
-        raw_cases.append((volume.case, raw, gt, truth.spacing))
-    ignore = dataset.spec.ignore_label
-    if ignore is not None and label_lut is not None:
-        ignore = int(label_lut[ignore])
+        case_rows = evaluate_arrays([(volume.case, prediction, gt, truth.spacing)], labels, ignore_label=ignore)
+        rows += case_rows
+        if largest_component and raw_report_dir is not None:
+            raw_cases.append((volume.case, raw, gt, truth.spacing))
+        if montage_slices:
+            item = CaseMontage(volume.case, dataset.image_path(volume.case, split), gt, {"prediction": prediction}, case_rows)
+            montages[volume.case] = case_montage_png(item, labels, spacing=truth.spacing, count=montage_slices,
+                                                     ignore_label=ignore)
+    if predictions_dir is not None and volumes:
+        # What the ids mean (the segmentor's classes): `jointreg evaluate` scores these only.
+        write_json(predictions_dir / MANIFEST_NAME, {
+            "labels": {"background": 0, **{str(n): int(v) for n, v in labels.items() if int(v) != 0}},
+            "source": "jointreg run evaluation", "dataset": str(dataset.root), "split": split,
+            "largest_component": [int(c) for c in largest_component],
+        })
     info = {"split": split, "dataset": str(dataset.root), "largest_component": [int(c) for c in largest_component]}
-    rows = evaluate_arrays(cases, labels, ignore_label=ignore)
-    write_report(rows, report_dir, info=info, overwrite=True)
+    write_report(rows, report_dir, info=info, overwrite=True, montages=montages)
     summary = summarize(rows)
     if largest_component and raw_report_dir is not None:
         raw_rows = evaluate_arrays(raw_cases, labels, ignore_label=ignore)

@@ -52,6 +52,8 @@ from jointreg.utils.device import module_device
 if TYPE_CHECKING:  # torch is imported where it is used: `import jointreg.inference.pseudolabel` stays light
     import torch
 
+    from jointreg.inference.refine import Refinement
+
 MODES = ("registration", "segmentor", "fusion")
 PROPAGATIONS = ("direct", "chain")
 _EPS = 1e-6
@@ -172,6 +174,16 @@ def _onehot(labels: np.ndarray, num_classes: int, ignore_index: int, device: tor
     return one_hot(index, num_classes, ignore_index=ignore_index)
 
 
+def _pair_flows(net: torch.nn.Module, moving: torch.Tensor, fixed: torch.Tensor, refinement: Refinement | None) -> torch.Tensor:
+    """The network's displacement for each (moving, fixed) pair, refined when asked."""
+    flow = net(moving, fixed).flow
+    if refinement is not None and refinement.enabled:
+        from jointreg.inference.refine import refine_flow
+
+        flow = refine_flow(moving, fixed, flow, refinement)
+    return flow
+
+
 def propagate_direct(
     net: torch.nn.Module,
     images: np.ndarray,
@@ -185,6 +197,7 @@ def propagate_direct(
     radius: float = 6.0,
     batch_size: int = 16,
     device: torch.device | None = None,
+    refinement: Refinement | None = None,
 ) -> RegistrationEstimate:
     """Warp the nearest annotated slices directly onto each target slice (see the module docstring).
 
@@ -198,6 +211,8 @@ def propagate_direct(
         radius: distance scale of the weights (slices).
         batch_size: pairs per forward pass.
         device: where to run (default: the network's).
+        refinement: instance optimisation of each pair's field (:mod:`jointreg.inference.refine`);
+            ``None`` or 0 steps: the network's field as it is.
     """
     import torch
 
@@ -221,7 +236,7 @@ def propagate_direct(
             chunk = pairs[start:start + batch_size]
             moving = _as_tensor(images[[p[1] for p in chunk]], device).unsqueeze(1)
             fixed = _as_tensor(images[[targets[p[0]] for p in chunk]], device).unsqueeze(1)
-            flow = net(moving, fixed).flow
+            flow = _pair_flows(net, moving, fixed, refinement)
             warped = warp_onehot(_onehot(labels[[p[1] for p in chunk]], k, ignore_index, device), flow)
             for i, (position, _, weight) in enumerate(chunk):
                 numerator[position] += weight * warped[i, :k]
@@ -242,6 +257,7 @@ def propagate_chain(
     radius: float = 6.0,
     batch_size: int = 16,
     device: torch.device | None = None,
+    refinement: Refinement | None = None,
 ) -> RegistrationEstimate:
     """Propagate each annotated slice slice-by-slice until the next annotated one (see the module docstring).
 
@@ -281,7 +297,7 @@ def propagate_chain(
             chunk = needed[start:start + batch_size]
             moving = _as_tensor(images[[m for m, _ in chunk]], device).unsqueeze(1)
             fixed = _as_tensor(images[[f for _, f in chunk]], device).unsqueeze(1)
-            flow = net(moving, fixed).flow
+            flow = _pair_flows(net, moving, fixed, refinement)
             for i, pair in enumerate(chunk):
                 flows[pair] = flow[i:i + 1]
         net.train(was_training)

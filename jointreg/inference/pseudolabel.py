@@ -11,6 +11,7 @@ The output is a dataset that nnU-Net and MONAI train on directly::
       labelsTr/{case}.nii.gz    complete labels, the image's affine and header
       provenance/{case}.json    per slice: annotated or how it was labelled, sources, weights
       pseudolabel.json          the settings, run, models and dataset of this output
+      montages.md  montages/    a picture per case, worst first (:mod:`~jointreg.inference.pseudolabel_review`)
 
 Labels live in the run's label space (``config["labels"]`` of its models). When the run was
 trained on a subset of the dataset's classes, annotated voxels of the other classes become
@@ -23,9 +24,13 @@ annotated voxel at all is an error (there is nothing to propagate).
 **Resumable, safe and deterministic.** Every file is written under a temporary name and renamed
 (:mod:`jointreg.utils.atomic`); a case is finished when its label AND its provenance exist (the
 provenance is written last); a rerun removes leftover ``.tmp-`` files and skips finished cases.
+``pseudolabel.json`` (the settings) is written first, ``dataset.json`` last, once every case is
+finished: a folder without it is an unfinished job, never a dataset that claims missing cases.
 Nothing is random, so a run killed at any point and rerun with the same settings yields exactly
 the files of an uninterrupted run. A rerun with other settings (mode, propagation, source
-slices, run or dataset) is refused unless ``overwrite``.
+slices, run or dataset) starts over when the earlier job finished no case, and is refused
+unless ``overwrite`` otherwise. A job that fails before finishing any case leaves no output
+folder (an existing empty one stays empty).
 
 **Parallel.** ``workers`` processes (spawn) each load the networks once and process whole cases,
 so memory is bounded by one case per worker whatever the dataset size; each worker uses
@@ -80,27 +85,66 @@ def _check_out(out: Path, dataset_root: Path, run: Path) -> None:
         raise InputError(out, "exists and is not a folder")
 
 
-def _prepare_out(out: Path, manifest: dict[str, Any], overwrite: bool) -> bool:
+def _is_empty(out: Path) -> bool:
+    """No entry but leftovers of interrupted atomic writes (``.tmp-*``)."""
+    from jointreg.utils.atomic import TMP_PREFIX
+
+    return not out.exists() or all(entry.name.startswith(TMP_PREFIX) for entry in out.iterdir())
+
+
+def _finished_cases(out: Path, ending: str) -> list[str]:
+    provenance = out / PROVENANCE_DIR
+    cases = sorted(p.stem for p in provenance.glob("*.json")) if provenance.is_dir() else []
+    return [c for c in cases if _finished(out, c, ending)]
+
+
+def _clear(out: Path) -> None:
+    """Empty an output folder of ours (it holds ``pseudolabel.json``), keeping the folder itself."""
+    for entry in out.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _discard(out: Path, created: bool) -> None:
+    """Undo a job that finished no case: remove the folder it created, or empty the one it was given."""
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    try:
+        _clear(out)
+    except OSError:
+        log.warning("could not empty %s after the failure", out)
+
+
+def _prepare_out(out: Path, manifest: dict[str, Any], overwrite: bool, ending: str) -> bool:
     """Create or reopen ``out``; returns True when resuming an earlier run."""
-    if not out.exists() or not any(out.iterdir()):
+    if _is_empty(out):
         return False
     path = out / MANIFEST_NAME
     if not path.is_file():
         raise InputError(out, f"exists and is not a jointreg pseudolabel output ({MANIFEST_NAME} is missing); choose another --out")
     try:
         previous = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except ValueError:
         previous = {}
     if overwrite:
-        shutil.rmtree(out)
+        _clear(out)
         return False
     differs = sorted(k for k in set(manifest) | set(previous) if manifest.get(k) != previous.get(k))
-    if differs:
-        raise InputError(
-            out, f"was made with other settings (differs in: {', '.join(differs)}); pass --overwrite to start "
-            "over, or choose another --out"
-        )
-    return True
+    if not differs:
+        return True
+    finished = _finished_cases(out, ending)
+    if not finished:
+        # Leftovers of a job that failed or stopped before finishing any case: nothing to keep.
+        log.info("%s holds no finished case of an earlier job with other settings: starting over", out)
+        _clear(out)
+        return False
+    raise InputError(
+        out, f"was made with other settings (differs in: {', '.join(differs)}; {len(finished)} finished case(s)); "
+        "rerun with those settings to resume, pass --overwrite to start over, or choose another --out"
+    )
 
 
 def _any_annotation(dataset, ignore: int | None) -> bool:
@@ -133,7 +177,8 @@ def pseudolabel_dataset(
         progress: show a progress bar.
 
     Returns:
-        ``{"out", "cases", "labelled", "skipped", "methods", "settings"}``.
+        ``{"out", "cases", "labelled", "skipped", "methods", "settings", "review"}`` (the
+        montage page, :mod:`~jointreg.inference.pseudolabel_review`).
 
     Raises:
         InputError / ConfigError: a run without the networks the mode needs, a broken model
@@ -143,7 +188,7 @@ def pseudolabel_dataset(
     from tqdm.auto import tqdm
 
     from jointreg.data.dataset import Dataset, write_spec
-    from jointreg.utils.atomic import remove_stale_temporaries, write_json
+    from jointreg.utils.atomic import check_writable_output, remove_stale_temporaries, write_json
 
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
@@ -165,6 +210,7 @@ def pseudolabel_dataset(
     labels = {str(n): int(v) for n, v in main_config.get("labels", {}).items()} or dict(source.spec.class_labels)
     lut = label_lookup(dict(source.spec.class_labels), source.spec.ignore_label, labels, source.root / "dataset.json")
     _check_out(out, source.root, run)
+    check_writable_output(out)
     cases = source.cases("Tr")
     if not cases:
         raise InputError(source.images_dir("Tr"), "no training cases")
@@ -189,18 +235,13 @@ def pseudolabel_dataset(
         "labels": labels,
         "classes_mapped_to_background": dropped,
     }
-    resuming = _prepare_out(out, manifest, overwrite)
-    for folder in (out, out / "imagesTr", out / "labelsTr", out / PROVENANCE_DIR):
-        folder.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(folder)
-    if not resuming:
-        write_json(out / MANIFEST_NAME, manifest)
+    created = not out.exists()
+    resuming = _prepare_out(out, manifest, overwrite, source.spec.file_ending)
     spec = source.spec.replace(
         labels=dict(labels), num_training=len(cases),
         name=f"{source.spec.name or source.root.name} (jointreg pseudo-labels)",
         extra={**dict(source.spec.extra), "pseudolabel": {"run": manifest["run"], **manifest["settings"]}},
     )
-    write_spec(out, spec)
     if source.spec.ignore_label is None:
         log.warning("%s has no 'ignore' label: every voxel is annotated, labels are copied", source.root)
     if dropped:
@@ -210,16 +251,32 @@ def pseudolabel_dataset(
         preprocessing=dict(main_config.get("preprocessing", {})), labels=labels, lut=tuple(int(v) for v in lut),
         radius=radius, modality=source.spec.modality, file_ending=source.spec.file_ending,
     )
-    finished = [c for c in cases if _finished(out, c, source.spec.file_ending)]
-    todo = [c for c in cases if c not in set(finished)]
-    if finished:
-        log.info("%d of %d case(s) already done in %s; labelling the other %d", len(finished), len(cases), out, len(todo))
     methods: dict[str, int] = {}
-    bar = tqdm(total=len(cases), initial=len(finished), desc="pseudolabel", unit="case", disable=None if progress else True)
-    with bar:
-        for result in run_cases(job, todo, workers):
-            methods[result["method"]] = methods.get(result["method"], 0) + 1
-            bar.update(1)
+    try:
+        if not resuming:
+            write_json(out / MANIFEST_NAME, manifest)  # first: from now on the folder is ours
+        for folder in (out, out / "imagesTr", out / "labelsTr", out / PROVENANCE_DIR):
+            folder.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(folder)
+        finished = [c for c in cases if _finished(out, c, source.spec.file_ending)]
+        todo = [c for c in cases if c not in set(finished)]
+        if finished:
+            log.info("%d of %d case(s) already done in %s; labelling the other %d", len(finished), len(cases), out, len(todo))
+        if todo:
+            (out / "dataset.json").unlink(missing_ok=True)  # the dataset is complete again only at the end
+        bar = tqdm(total=len(cases), initial=len(finished), desc="pseudolabel", unit="case", disable=None if progress else True)
+        with bar:
+            for result in run_cases(job, todo, workers):
+                methods[result["method"]] = methods.get(result["method"], 0) + 1
+                bar.update(1)
+    except BaseException:
+        if out.is_dir() and not _finished_cases(out, source.spec.file_ending):
+            _discard(out, created)
+        raise
+    write_spec(out, spec)  # last: the dataset is complete
+    from jointreg.inference.pseudolabel_review import write_pseudolabel_review
+
+    review = write_pseudolabel_review(out, source, labels, lut, progress=progress)  # montages, worst case first
     return {
         "out": str(out),
         "cases": len(cases),
@@ -227,6 +284,7 @@ def pseudolabel_dataset(
         "skipped": len(finished),
         "methods": methods,
         "settings": asdict(settings),
+        "review": str(review),
     }
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from jointreg.errors import ConfigError, InputError, JointregError
 from jointreg.utils.atomic import link_or_copy
 from jointreg.inference.propagate import MODES, PROPAGATIONS
+from jointreg.inference.refine import DEFAULT_STEPS as DEFAULT_REFINE
 
 
 PROVENANCE_DIR = "provenance"
@@ -31,25 +32,37 @@ class PseudolabelSettings:
     Attributes:
         mode: ``registration``, ``segmentor`` or ``fusion`` (agreement-weighted).
         propagation: ``direct`` (each source warped straight onto the target) or ``chain``
-            (through the neighbouring slices).
+            (through the neighbouring slices); ``None``: ``chain`` in ``registration`` mode (the
+            best measured, results/chaos_t2_liver_cv.md), ``direct`` otherwise.
         source_slices: annotated source slices per side (``direct``; ``chain`` uses 1).
         batch_size: image pairs / slices per forward pass.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         verify: in ``registration`` mode, stop each propagated structure at the first slice where
             fewer than this fraction of its pixels look like the annotated structure
             (:mod:`jointreg.inference.verify`); ``None``: propagate to every slice.
+        refine: Adam steps of instance optimisation of every registered pair's field
+            (:mod:`jointreg.inference.refine`); ``None``: :data:`DEFAULT_REFINE` in
+            ``registration`` mode, 0 otherwise.
     """
 
     mode: str = "fusion"
-    propagation: str = "direct"
+    propagation: str | None = None
     source_slices: int = 1
     batch_size: int = 16
     device: str = "auto"
     verify: float | None = 0.6
+    refine: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
+        registration = self.mode == "registration"
+        if self.propagation is None:
+            object.__setattr__(self, "propagation", "chain" if registration else "direct")
+        if self.refine is None:
+            object.__setattr__(self, "refine", DEFAULT_REFINE if registration else 0)
+        if isinstance(self.refine, bool) or not isinstance(self.refine, int) or self.refine < 0:
+            raise ConfigError(f"refine must be an integer >= 0 (steps), got {self.refine!r}")
         if self.propagation not in PROPAGATIONS:
             raise ConfigError(f"unknown propagation {self.propagation!r}; valid: {', '.join(PROPAGATIONS)}")
         for name in ("source_slices", "batch_size"):
@@ -63,7 +76,8 @@ class PseudolabelSettings:
         """The settings that change the labels (checked when a run is resumed)."""
         per_side = self.source_slices if self.propagation == "direct" else 1
         verify = self.verify if self.mode == "registration" else None
-        return {"mode": self.mode, "propagation": self.propagation, "source_slices": per_side, "verify": verify}
+        return {"mode": self.mode, "propagation": self.propagation, "source_slices": per_side, "verify": verify,
+                "refine": self.refine}
 
 
 @dataclass(frozen=True)
@@ -250,7 +264,10 @@ class CaseLabeller:
         estimate = None
         mode = settings.mode
         if mode != "segmentor" and annotated and self.registration is not None:
-            common = dict(num_classes=k, ignore_index=k, radius=self.job.radius, batch_size=settings.batch_size, device=self.device)
+            from jointreg.inference.refine import Refinement
+
+            common = dict(num_classes=k, ignore_index=k, radius=self.job.radius, batch_size=settings.batch_size,
+                          device=self.device, refinement=Refinement(steps=settings.refine))
             if settings.propagation == "chain":
                 estimate = propagate_chain(self.registration, images, labels, targets, annotated, **common)
             else:
@@ -279,17 +296,23 @@ class CaseLabeller:
 # --------------------------------------------------------------------------------------------
 # workers
 # --------------------------------------------------------------------------------------------
-_WORKER: CaseLabeller | None = None
+_WORKER: CaseLabeller | Exception | None = None
 
 
 def _init_worker(job: CaseJob) -> None:
     global _WORKER
-    _WORKER = CaseLabeller(job)
+    try:
+        _WORKER = CaseLabeller(job)
+    except (JointregError, OSError) as exc:
+        # Kept for the first case: a pool restarts a worker whose initializer fails, forever.
+        _WORKER = exc
 
 
 def _work(case: str) -> tuple[str, Any]:
     assert _WORKER is not None
     try:
+        if isinstance(_WORKER, Exception):
+            raise _WORKER
         return "ok", _WORKER(case)
     except JointregError as exc:
         # Our errors do not unpickle (InputError takes two arguments): send the message.

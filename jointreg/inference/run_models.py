@@ -62,8 +62,10 @@ def find_run_models(run: str | PathLike[str]) -> RunModels:
     Raises:
         InputError: not a run folder, no exports, a broken model folder, a model of the wrong
             kind, or a 3D network (pseudo-labelling works on slices).
+        PermissionError: weights that cannot be read (the command line prints it as
+            ``PATH: permission denied``), found here rather than in a worker process.
     """
-    from jointreg.export.model_folder import read_model_config
+    from jointreg.export.model_folder import WEIGHTS_NAME, read_model_config
 
     run = Path(run)
     if not run.is_dir():
@@ -80,4 +82,6 @@ def find_run_models(run: str | PathLike[str]) -> RunModels:
             raise InputError(folder, f"holds a {config['kind']} model, expected a {kind} model")
         if int(config.get("spatial_dims", 2)) != 2:
             raise InputError(folder, "pseudolabel needs 2D (slice) networks")
+        with open(folder / WEIGHTS_NAME, "rb"):
+            pass
     return RunModels(found.get("registration"), found.get("segmentor"))

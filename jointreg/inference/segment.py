@@ -24,7 +24,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
+import shutil
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -227,8 +231,56 @@ def segment_volume(
 
 
 # --------------------------------------------------------------------------------------------
-# many inputs
+# many inputs: resumable, and nothing left that blocks the corrected command
 # --------------------------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_manifest(out: Path) -> dict[str, Any]:
+    """The ``segmentation.json`` of an earlier call (``{}``: none, or not one of ours)."""
+    try:
+        found = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return {}
+    return found if isinstance(found, dict) and isinstance(found.get("cases"), dict) else {}
+
+
+@dataclass
+class _Plan:
+    """What an earlier call into the same folder leaves to this one: the cases ``done`` (kept,
+    case → manifest entry) and those whose files may be ``replaceable`` without ``overwrite``."""
+
+    done: dict[str, dict[str, Any]]
+    replaceable: set[str]
+
+
+def _plan(out: Path, settings: dict[str, Any], items: Sequence[Any], digests: Mapping[str, str], targets) -> _Plan:
+    """Resume rule: a case is done when an earlier call with the same settings recorded it for the
+    same input bytes and its files exist. An unfinished call (``complete: false``) also leaves the
+    files of the cases it planned but did not record (the one being written when it stopped) and,
+    with the same settings, those of every case it planned: they may be replaced. Anything else
+    is a finished result, replaced only with ``overwrite``."""
+    previous = _read_manifest(out)
+    same = bool(previous) and all(previous.get(k) == v for k, v in settings.items())
+    done: dict[str, dict[str, Any]] = {}
+    if same:
+        for item in items:
+            entry = previous["cases"].get(item.case)
+            if (isinstance(entry, dict) and entry.get("input_sha256") == digests[item.case]
+                    and entry.get("modality") == item.modality and all(t.is_file() for t in targets(item.case))):
+                done[item.case] = {**entry, "input": str(item.path)}
+    replaceable: set[str] = set()
+    if previous.get("complete") is False:
+        planned = {str(c) for c in previous.get("planned", [])}
+        replaceable = planned if same else planned - set(previous["cases"])
+    return _Plan(done, replaceable)
+
+
 def segment_inputs(
     model: str | PathLike[str],
     inputs: Sequence[str | PathLike[str]],
@@ -243,8 +295,12 @@ def segment_inputs(
     """Segment NIfTI files, folders or datasets with a segmentor model folder.
 
     Writes ``OUT/{case}.nii.gz`` (labels, the input's affine and header), with ``probabilities``
-    also ``OUT/probabilities/{case}.nii.gz`` (float32, 4D ``(X, Y, Z, K)``: class ``k`` in volume
-    ``k`` of the 4th axis), and ``OUT/segmentation.json`` (model, labels, and this call's cases with their warnings).
+    also ``OUT/probabilities/{case}.nii.gz`` (float32 ``(X, Y, Z, K)``, class ``k`` in volume
+    ``k``), and ``OUT/segmentation.json`` (model and weights digest, labels, settings, this call's
+    cases with their input's digest and warnings), rewritten after every case: it lists finished
+    cases only, ``"complete": false`` until the last one. **Resumable**: the same call again keeps
+    the cases done (same model, settings and input bytes) and segments the others, so the files
+    equal one uninterrupted call's. A call that finishes no case leaves nothing behind.
 
     Args:
         model: a segmentor model folder, or a run folder (its ``export/segmentor``).
@@ -253,66 +309,105 @@ def segment_inputs(
         probabilities: also write class probabilities.
         batch_size: slices per forward pass.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
-        overwrite: replace existing outputs; without it an existing output is an error raised
-            before anything is written.
+        overwrite: replace existing outputs; without it an existing output that is not a case
+            already done (see above) is an error raised before anything is written.
         progress: show a progress bar.
 
     Returns:
-        The manifest written to ``segmentation.json``.
+        The manifest written to ``segmentation.json``, plus ``already_done`` (cases kept from an
+        earlier call; not written).
 
     Raises:
-        InputError: bad model folder or inputs, an output folder that is an input folder,
-            existing outputs without ``overwrite``.
+        InputError: bad model folder or inputs, an output folder that is an input folder or
+            cannot be written, existing outputs without ``overwrite``.
     """
     from tqdm.auto import tqdm
 
     from jointreg.data.nifti import read_image, write_volume
-    from jointreg.export.model_folder import load_model_folder
-    from jointreg.utils.atomic import remove_stale_temporaries, write_json
+    from jointreg.export.model_folder import WEIGHTS_NAME, load_model_folder
+    from jointreg.utils.atomic import check_writable_output, remove_stale_temporaries, write_json
     from jointreg.utils.device import resolve_device
 
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     folder = resolve_model_folder(model, "segmentor")
     out = Path(out)
+    check_writable_output(out)
     items = collect_inputs(inputs)
     check_output_folder(out, items, [Path(p) for p in inputs])
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "exists and is not a folder")
-    targets = [out / f"{item.case}.nii.gz" for item in items]
-    if probabilities:
-        targets += [out / PROBABILITIES_DIR / f"{item.case}.nii.gz" for item in items]
-    existing = [t for t in targets if t.exists()]
-    if existing and not overwrite:
-        raise InputError(existing[0], f"already exists ({len(existing)} output file(s) would be replaced; pass --overwrite)")
+
+    def targets(case: str) -> list[Path]:
+        return [out / f"{case}.nii.gz"] + ([out / PROBABILITIES_DIR / f"{case}.nii.gz"] if probabilities else [])
+
     torch_device = resolve_device(device)
     loaded = load_model_folder(folder, device=torch_device, kind="segmentor")
     if loaded.spatial_dims != 2:
         raise InputError(folder, f"segment needs a 2D segmentor; this one has spatial_dims={loaded.spatial_dims}")
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)
-    remove_stale_temporaries(out / PROBABILITIES_DIR)
-    cases: dict[str, Any] = {}
-    for item in tqdm(items, desc="segment", unit="case", disable=None if progress else True):
-        image = read_image(item.path)
-        result = segment_volume(
-            loaded, image, modality=item.modality, batch_size=batch_size, device=torch_device,
-            probabilities=probabilities, case=item.case,
-        )
-        write_volume(out / f"{item.case}.nii.gz", result.labels, reference=image, is_label=True)
-        if result.probabilities is not None:
-            write_volume(out / PROBABILITIES_DIR / f"{item.case}.nii.gz", np.moveaxis(result.probabilities, 0, -1), reference=image)
-        cases[item.case] = {"input": str(item.path), "warnings": result.warnings}
-        if result.reoriented:
-            cases[item.case]["segmented_in"] = result.reoriented
-    manifest = {
+    settings = {
         "model": str(folder.resolve()),
+        "model_sha256": _sha256(folder / WEIGHTS_NAME),
         "labels": loaded.labels,
         "modality": loaded.modality,
         "preprocessing": loaded.preprocessing,
         "probabilities": "probabilities/{case}.nii.gz: float32 (X, Y, Z, K), class k in volume k" if probabilities else None,
-        "cases": cases,
     }
-    write_json(out / MANIFEST_NAME, manifest)
-    return manifest
+    digests = {item.case: _sha256(item.path) for item in items}
+    plan = _Plan({}, set()) if overwrite else _plan(out, settings, items, digests, targets)
+    existing = [t for item in items if item.case not in plan.done and item.case not in plan.replaceable
+                for t in targets(item.case) if t.exists()]
+    if existing and not overwrite:
+        raise InputError(existing[0], f"already exists ({len(existing)} output file(s) would be replaced; pass --overwrite)")
+    created = not out.exists()
+    earlier = (out / MANIFEST_NAME).read_bytes() if (out / MANIFEST_NAME).is_file() else None  # restored on failure
+    out.mkdir(parents=True, exist_ok=True)
+    for folder in (out, out / PROBABILITIES_DIR):
+        remove_stale_temporaries(folder)
+    cases: dict[str, Any] = dict(plan.done)
+    todo = [item for item in items if item.case not in plan.done]
+    if plan.done:
+        log.info("%d of %d case(s) already done in %s; segmenting the other %d", len(plan.done), len(items), out, len(todo))
 
+    def manifest(complete: bool) -> dict[str, Any]:
+        ordered = {item.case: cases[item.case] for item in items if item.case in cases}
+        return {**settings, "complete": complete, **({} if complete else {"planned": [i.case for i in items]}), "cases": ordered}
+
+    try:
+        write_json(out / MANIFEST_NAME, manifest(False))
+        for item in tqdm(todo, desc="segment", unit="case", disable=None if progress else True):
+            image = read_image(item.path)
+            result = segment_volume(
+                loaded, image, modality=item.modality, batch_size=batch_size, device=torch_device,
+                probabilities=probabilities, case=item.case,
+            )
+            write_volume(out / f"{item.case}.nii.gz", result.labels, reference=image, is_label=True)
+            if result.probabilities is not None:
+                write_volume(out / PROBABILITIES_DIR / f"{item.case}.nii.gz", np.moveaxis(result.probabilities, 0, -1), reference=image)
+            cases[item.case] = {"input": str(item.path), "input_sha256": digests[item.case], "modality": item.modality,
+                                "warnings": result.warnings}
+            if result.reoriented:
+                cases[item.case]["segmented_in"] = result.reoriented
+            write_json(out / MANIFEST_NAME, manifest(False))
+    except BaseException:
+        if not cases:
+            _discard(out, created, earlier)
+        raise
+    final = manifest(True)
+    write_json(out / MANIFEST_NAME, final)
+    return {**final, "already_done": sorted(plan.done)}
+
+
+def _discard(out: Path, created: bool, earlier: bytes | None) -> None:
+    """Undo a call that finished no case: remove the folder it created, or restore an existing one."""
+    from jointreg.utils.atomic import atomic_path
+
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    with contextlib.suppress(OSError):
+        if earlier is None:
+            (out / MANIFEST_NAME).unlink()
+        else:
+            with atomic_path(out / MANIFEST_NAME) as tmp:
+                tmp.write_bytes(earlier)
+    with contextlib.suppress(OSError):
+        (out / PROBABILITIES_DIR).rmdir()  # only when empty

@@ -13,8 +13,17 @@ dataset folder), else the ``dataset.json`` of the ground-truth dataset, of the l
 parent, or of the prediction folder (nnU-Net copies it there). Without any, the classes are the
 non-zero values found in the files, named ``label_<id>``.
 
+The predictions' own label map, when they carry one (:func:`~jointreg.metrics.label_maps.prediction_label_map`: the
+``segmentation.json`` of ``jointreg segment`` and of a run's ``predictions/``, or a
+``dataset.json`` such as a pseudo-label dataset's), decides which classes can be scored: a class
+of the ground truth that the predicting model does not know (a liver-only run on a dataset with
+kidneys and spleen) is listed as *not predicted* (``info["classes_not_predicted"]``) and scored
+nowhere, rather than counted as missed with Dice 0 in every case. Prediction ids are matched to
+the ground truth's by class name.
+
 Every case of the ground-truth folder is evaluated; a case without a prediction gives
-``missing`` rows. Checks, each raising :class:`~jointreg.errors.InputError` naming the case and
+``missing`` rows (a prediction folder without any label file is refused: it is the wrong
+folder, and a report of missing cases only would hide it). Checks, each raising :class:`~jointreg.errors.InputError` naming the case and
 file: unreadable or non-integer label files, shape or affine (tolerance 1e-3 mm) differing from
 the ground truth, values not in the label map, the ``ignore`` id in a prediction.
 """
@@ -34,6 +43,8 @@ from jointreg.data.dataset import DatasetSpec, read_spec
 from jointreg.data.nifti import Volume, read_label, same_geometry, strip_nifti_suffix
 from jointreg.errors import ConfigError, InputError, JointregError
 from jointreg.metrics.segmentation import ClassMetrics, evaluate_case
+from jointreg.metrics.gallery import CaseMontage, case_montage_png, images_folder_for
+from jointreg.metrics.label_maps import prediction_label_map, prediction_lookup
 from jointreg.utils.atomic import TMP_PREFIX
 
 logger = logging.getLogger(__name__)
@@ -51,11 +62,14 @@ class FolderEvaluation:
         rows: one :class:`ClassMetrics` per case and class, cases sorted, classes by id.
         info: where the data came from (folders, label map, ignore id, classes), for reports.
         missing_cases: cases of the ground truth without a prediction.
+        montages: per evaluated case, its montage PNG (:mod:`jointreg.metrics.gallery`);
+            empty with ``montage_slices=0``.
     """
 
     rows: list[ClassMetrics]
     info: dict[str, Any] = field(default_factory=dict)
     missing_cases: list[str] = field(default_factory=list)
+    montages: dict[str, bytes] = field(default_factory=dict)
 
 
 def label_files(folder: str | PathLike[str]) -> dict[str, Path]:
@@ -133,6 +147,7 @@ def select_classes(available: Mapping[str, int], wanted: Sequence[str] | None) -
     return chosen
 
 
+
 @dataclass(frozen=True)
 class _Task:
     case: str
@@ -142,6 +157,9 @@ class _Task:
     ignore_label: int | None
     pred_values: frozenset[int] | None  # allowed values; None: anything
     gt_values: frozenset[int] | None
+    pred_lut: tuple[int, ...] | None = None  # prediction id -> ground-truth id
+    image_path: Path | None = None  # for the montage
+    montage_slices: int = 0  # 0: no montage
 
 
 def _present_values(array: np.ndarray) -> list[int]:
@@ -171,7 +189,7 @@ def _read(path: Path, case: str) -> Volume:
     return Volume(array, volume.affine, volume.header, path)
 
 
-def _evaluate_task(task: _Task) -> tuple[list[ClassMetrics], list[int]]:
+def _evaluate_task(task: _Task) -> tuple[list[ClassMetrics], list[int], bytes | None]:
     gt = _read(task.gt_path, task.case)
     pred = _read(task.pred_path, task.case)
     reason = same_geometry(gt, pred, atol=GEOMETRY_TOLERANCE_MM)
@@ -188,12 +206,18 @@ def _evaluate_task(task: _Task) -> tuple[list[ClassMetrics], list[int]]:
             "predictions must assign a class to every voxel"
         )
     _check_values(pred_present, task.pred_values, task.pred_path, task.case, "prediction")
+    prediction = pred.array if task.pred_lut is None else np.asarray(task.pred_lut, np.int16)[pred.array]
     if task.classes:
         classes: dict[str, int] = dict(task.classes)
     else:
-        classes = {f"label_{v}": v for v in sorted(set(gt_present) | set(pred_present)) if v != 0}
-    rows = evaluate_case(pred.array, gt.array, classes, gt.spacing, task.ignore_label, case=task.case)
-    return rows, sorted(classes.values())
+        present = set(gt_present) | set(_present_values(prediction))
+        classes = {f"label_{v}": v for v in sorted(present) if v != 0}
+    rows = evaluate_case(prediction, gt.array, classes, gt.spacing, task.ignore_label, case=task.case)
+    png = None
+    if task.montage_slices:
+        png = case_montage_png(CaseMontage(task.case, task.image_path, gt.array, {"prediction": prediction}, rows),
+                               classes, spacing=gt.spacing, count=task.montage_slices, ignore_label=task.ignore_label)
+    return rows, sorted(classes.values()), png
 
 
 def _run_task(task: _Task) -> tuple[str, Any]:
@@ -207,7 +231,7 @@ def _run_task(task: _Task) -> tuple[str, Any]:
         return "error", str(exc)
 
 
-def _unpack(result: tuple[str, Any]) -> tuple[list[ClassMetrics], list[int]]:
+def _unpack(result: tuple[str, Any]) -> tuple[list[ClassMetrics], list[int], bytes | None]:
     kind, payload = result
     if kind == "input_error":
         raise InputError(*payload)
@@ -216,7 +240,7 @@ def _unpack(result: tuple[str, Any]) -> tuple[list[ClassMetrics], list[int]]:
     return payload
 
 
-def _run_all(tasks: list[_Task], workers: int, progress: bool) -> list[tuple[list[ClassMetrics], list[int]]]:
+def _run_all(tasks: list[_Task], workers: int, progress: bool) -> list[tuple[list[ClassMetrics], list[int], bytes | None]]:
     from tqdm.auto import tqdm
 
     bar = dict(total=len(tasks), desc="evaluate", unit="case", disable=not progress or None)
@@ -240,6 +264,7 @@ def evaluate_folders(
     classes: Sequence[str] | None = None,
     workers: int = 1,
     progress: bool = True,
+    montage_slices: int = 0,
 ) -> FolderEvaluation:
     """Evaluate every ground-truth case against the prediction of the same case id.
 
@@ -248,9 +273,12 @@ def evaluate_folders(
         gt: labels folder or dataset folder (see the module docstring).
         labels: ``dataset.json`` path, dataset folder or :class:`DatasetSpec` with the label
             map; ``None`` looks for one next to the data.
-        classes: class names (or ids) to evaluate; default: every foreground class.
+        classes: class names (or ids) to evaluate; default: every foreground class. Classes the
+            predictions' label map lacks are not scored (module docstring).
         workers: processes to evaluate cases in parallel (1 = in this process).
         progress: show a progress bar over cases.
+        montage_slices: slices per case montage (``montages``; drawn on the dataset's images
+            when ``gt`` is a dataset); 0: none.
 
     Returns:
         The rows (``missing`` rows for cases without a prediction) and facts for the report.
@@ -258,10 +286,13 @@ def evaluate_folders(
     Raises:
         InputError: see the module docstring.
         ConfigError: an unknown class in ``classes``.
+        InputError: also when the predictions' label map has none of the classes to evaluate.
     """
     pred_dir = Path(pred_dir)
     gt = Path(gt)
     predictions = label_files(pred_dir)
+    if not predictions:  # the wrong folder: a report of missing cases only would hide it
+        raise InputError(pred_dir, "holds no predicted label maps ({case}.nii.gz or {case}.nii)")
     gt_dir = resolve_ground_truth(gt, predictions)
     truths = label_files(gt_dir)
     if not truths:
@@ -277,6 +308,21 @@ def evaluate_folders(
         gt_values = pred_values | ({ignore_label} if ignore_label is not None else set())
     else:
         chosen, ignore_label, pred_values, gt_values = {}, None, None, None
+    pred_map, pred_map_source = prediction_label_map(pred_dir)
+    not_predicted: dict[str, int] = {}
+    pred_lut = None
+    if pred_map is not None and spec is not None:
+        not_predicted = {n: v for n, v in chosen.items() if n not in pred_map}
+        chosen = {n: v for n, v in chosen.items() if n in pred_map}
+        if not chosen:
+            known = ", ".join(n for n, v in pred_map.items() if v != 0) or "no foreground class"
+            raise InputError(pred_map_source, f"the predictions label none of the classes to evaluate "
+                             f"({', '.join(not_predicted)}); their label map has: {known}")
+        pred_values = frozenset(pred_map.values())
+        pred_lut = prediction_lookup(pred_map, spec.class_labels)
+    elif pred_map is not None:
+        pred_values = frozenset(pred_map.values())
+        chosen = select_classes({n: v for n, v in pred_map.items() if v != 0}, classes)
 
     matched = sorted(set(truths) & set(predictions))
     missing = sorted(set(truths) - set(predictions))
@@ -287,14 +333,16 @@ def evaluate_folders(
     if unmatched:
         logger.warning("%d prediction(s) have no ground truth and are skipped: %s", len(unmatched), ", ".join(unmatched[:5]))
 
+    images = images_folder_for(gt_dir)
     tasks = [
-        _Task(case, predictions[case], truths[case], tuple(chosen.items()), ignore_label, pred_values, gt_values)
+        _Task(case, predictions[case], truths[case], tuple(chosen.items()), ignore_label, pred_values, gt_values,
+              pred_lut, None if images is None else images(case), max(0, int(montage_slices)))
         for case in matched
     ]
     results = dict(zip(matched, _run_all(tasks, workers, progress)))
 
-    if spec is None:
-        found = sorted({v for _, ids in results.values() for v in ids})
+    if spec is None and pred_map is None:
+        found = sorted({v for _, ids, _ in results.values() for v in ids})
         chosen = select_classes({f"label_{v}": v for v in found}, classes)
     rows: list[ClassMetrics] = []
     for case in sorted(truths):
@@ -314,8 +362,11 @@ def evaluate_folders(
         "label_map": spec_source,
         "ignore_label": ignore_label,
         "classes": dict(chosen),
+        "prediction_label_map": pred_map_source or "none (prediction ids read as the ground truth's)",
+        "classes_not_predicted": dict(not_predicted),
         "cases_evaluated": len(matched),
         "cases_missing": len(missing),
         "predictions_without_ground_truth": unmatched,
     }
-    return FolderEvaluation(rows=rows, info=info, missing_cases=missing)
+    montages = {case: result[2] for case, result in results.items() if result[2] is not None}
+    return FolderEvaluation(rows=rows, info=info, missing_cases=missing, montages=montages)

@@ -9,6 +9,8 @@ A report folder (written atomically by :func:`write_report`) holds:
   prediction); plus the definitions and where the data came from.
 * ``summary.md`` — the same as Markdown tables.
 * ``boxplot_<metric>.png`` — one figure per metric, one box per class.
+* ``montages/{case}.png`` and ``montages.md`` when montages are given — one picture per case
+  (:mod:`jointreg.metrics.gallery`), and ``summary.md`` lists the cases worst first with links.
 
 Summary rules: Dice of a missed case is 0 and enters the Dice statistics; its distances are NaN,
 are left out of the distance statistics, and are counted in ``missed`` next to every number, so a
@@ -29,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from jointreg.errors import InputError
+from jointreg.metrics.gallery import GALLERY_MD, case_scores, gallery_table, write_gallery
 from jointreg.metrics.segmentation import (
     METRIC_TITLES,
     METRIC_UNITS,
@@ -46,6 +49,9 @@ SUMMARY_MD = "summary.md"
 CSV_COLUMNS = (
     "case", "class", "dice", "hd", "hd95", "assd", "missed", "status", "class_id", "gt_voxels", "pred_voxels",
 )
+
+MONTAGE_NOTE = ("slices with the largest disagreement and slices spread through the labelled extent; "
+                "ground truth and prediction contours in the class colours, the truth in white under the prediction")
 
 DEFINITIONS = {
     "dice": "2|P∩G| / (|P|+|G|) over known (non-ignore) voxels; 1 if both empty, 0 if exactly one is",
@@ -183,8 +189,15 @@ def _info_text(value: Any) -> str:
 def summary_markdown(summary: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> str:
     """Markdown tables of a :func:`summarize` result (plus ``info`` lines about the sources)."""
     lines = ["# Segmentation evaluation", ""]
-    for key, value in (info or {}).items():
+    info = dict(info or {})
+    not_predicted = info.pop("classes_not_predicted", None)
+    for key, value in info.items():
         lines.append(f"- {key.replace('_', ' ')}: {_info_text(value)}")
+    if not_predicted:
+        lines.append(
+            f"- **not scored**: {', '.join(not_predicted)}: the predictions' label map has no such class "
+            "(the model was not trained on it), so these are neither scored nor counted as missed"
+        )
     missing = summary["missing_cases"]
     lines.append(
         f"- cases: {summary['num_cases']}"
@@ -273,6 +286,7 @@ def write_report(
     info: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     plots: bool = True,
+    montages: Mapping[str, bytes] | None = None,
 ) -> dict[str, Any]:
     """Write a report folder (CSV, JSON, Markdown, box plots); it appears only when complete.
 
@@ -283,6 +297,8 @@ def write_report(
             ``summary.json`` and listed at the top of ``summary.md``.
         overwrite: replace an existing folder.
         plots: write the box plots.
+        montages: case → montage PNG; written to ``montages/`` with the worst-first page
+            ``montages.md``, and linked from ``summary.md``.
 
     Returns:
         The summary written to ``summary.json``.
@@ -308,7 +324,13 @@ def write_report(
         (tmp / SUMMARY_JSON).write_text(
             json.dumps(json_safe(document), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )
-        (tmp / SUMMARY_MD).write_text(summary_markdown(summary, info), encoding="utf-8")
+        text = summary_markdown(summary, info)
+        if montages:
+            entries = write_gallery(tmp, montages, case_scores(rows), title="Cases, worst first",
+                                    note="Mean Dice over the classes of each case (missed = 0), lowest first.")
+            text += (f"\n## Cases, worst first\n\nEach case's montage ({MONTAGE_NOTE}); all of them on one page: "
+                     f"[{GALLERY_MD}]({GALLERY_MD}).\n\n{gallery_table(entries)}\n")
+        (tmp / SUMMARY_MD).write_text(text, encoding="utf-8")
         if plots and rows:
             plot_boxplots(rows, tmp)
     return json_safe(document)

@@ -10,6 +10,8 @@ studies in ``recipes/study_*.yaml``).
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field, replace
 from os import PathLike
 from pathlib import Path
@@ -197,6 +199,9 @@ class PropagationConfig:
         verify: with ``method: chain``, each chain-propagated structure stops at the first slice
             where fewer than this fraction of its pixels have the annotated structure's
             intensities (:mod:`jointreg.inference.verify`); beyond, it is background. ``None``: off.
+        refine: with ``method: chain``, Adam steps of instance optimisation of every adjacent
+            pair's field before the labels are composed (:mod:`jointreg.inference.refine`);
+            0: the network's fields as they are.
         radius: slice radius of the propagated pairs (default: ``pairs.radius``); the warped
             group always uses ``pairs.radius``.
         trust: which criteria decide how much a propagated label is trusted (any combination):
@@ -230,6 +235,7 @@ class PropagationConfig:
 
     method: Literal["direct", "chain"] = "direct"
     verify: float | None = None
+    refine: int = 0
     radius: int | None = None
     trust: tuple[Literal["distance", "residual", "agreement"], ...] = ("distance",)
     trust_decay: float = 0.15
@@ -248,6 +254,10 @@ class PropagationConfig:
                 raise ConfigError(f"propagation.verify: must be a fraction in [0, 1], got {self.verify}")
             if self.method != "chain":
                 raise ConfigError("propagation.verify: needs propagation.method: chain")
+        if self.refine < 0:
+            raise ConfigError(f"propagation.refine: must be >= 0 steps, got {self.refine}")
+        if self.refine and self.method != "chain":
+            raise ConfigError("propagation.refine: needs propagation.method: chain")
         if self.background_margin is not None and self.background_margin < 0:
             raise ConfigError("propagation.background_margin: must be >= 0")
         if self.appearance_percentiles is not None:
@@ -270,6 +280,9 @@ class ScheduleConfig:
         validate_every: validate (and keep the best segmentor) every this many rounds.
         patience: stop after this many validations without improvement (``None``: never).
         lr_schedule: ``constant`` or ``cosine`` decay over each network's total steps.
+        checkpoint_every: write the resume checkpoint every this many rounds.
+        checkpoint_steps: also write it every this many global steps (``0``: only at the end of
+            each warm-up and of the rounds above), so that a crash loses at most this many steps.
     """
 
     registration_warmup: int = 200
@@ -281,22 +294,44 @@ class ScheduleConfig:
     patience: int | None = None
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     checkpoint_every: int = 1
+    checkpoint_steps: int = 100
 
     def __post_init__(self):
         _non_negative(
             "schedule", registration_warmup=self.registration_warmup,
             segmentation_warmup=self.segmentation_warmup, rounds=self.rounds,
             registration_steps=self.registration_steps, segmentation_steps=self.segmentation_steps,
+            checkpoint_steps=self.checkpoint_steps,
         )
         _positive("schedule", validate_every=self.validate_every, checkpoint_every=self.checkpoint_every)
 
 
 @dataclass(frozen=True)
 class LoggingConfig:
+    """What a run logs (TensorBoard tags: :mod:`jointreg.training.logger`).
+
+    Attributes:
+        monitor: ``training`` also scores the networks, at every validation, on the first
+            ``monitor_cases`` training volumes against their complete labels (``labelsTr_full``,
+            kept by ``jointreg sparsify``), for TensorBoard and ``train.log`` only: never used to
+            select weights or stop early, and isolated from the training's random draws, so
+            the weights are those of the same run without it. ``none``: off.
+        panel_slices: fixed slices drawn (ground-truth and predicted contours) at every
+            validation, of the validation cases and of the monitored volumes; 0: none.
+    """
+
     tensorboard: bool = True
     log_every: int = 20
     image_every: int = 200
     progress: bool = True
+    monitor: Literal["none", "training"] = "none"
+    monitor_cases: int = 4
+    panel_slices: int = 4
+
+    def __post_init__(self):
+        _non_negative("logging", log_every=self.log_every, image_every=self.image_every,
+                      panel_slices=self.panel_slices)
+        _positive("logging", monitor_cases=self.monitor_cases)
 
 
 @dataclass(frozen=True)
@@ -333,6 +368,12 @@ class Recipe:
             raise ConfigError("registration.anatomy_weight needs segmentation.enabled: true")
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ConfigError(f"name: {self.name!r} cannot be used as a run folder name")
+        # Checked with the recipe, not when training starts, so that a typo fails before a run
+        # folder is made (whether CUDA is there is only known on the machine that trains).
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads: must be >= 1, got {self.threads}")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device.lower()):
+            raise ConfigError(f"device: {self.device!r} is not valid (use auto, cpu, cuda or cuda:N)")
 
     @property
     def mode(self) -> str:
@@ -350,14 +391,31 @@ class Recipe:
 
 def _positive(section: str, **values: float) -> None:
     for name, value in values.items():
-        if value <= 0:
-            raise ConfigError(f"{section}.{name}: must be > 0, got {value}")
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{section}.{name}: must be > 0 and finite, got {value}")
 
 
 def _non_negative(section: str, **values: float) -> None:
     for name, value in values.items():
-        if value < 0:
-            raise ConfigError(f"{section}.{name}: must be >= 0, got {value}")
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{section}.{name}: must be >= 0 and finite, got {value}")
+
+
+def check_network_arguments(recipe: Recipe) -> None:
+    """Check ``registration.arguments`` / ``segmentation.arguments`` against the constructors
+    of the enabled networks (names, finite values) before any data is read.
+
+    Raises:
+        ConfigError: an unknown architecture or argument (listing the valid ones), a bad value.
+    """
+    if recipe.registration.enabled:
+        from jointreg.nets.registration import registration_arguments
+
+        registration_arguments(recipe.registration.architecture, recipe.registration.arguments, "registration.arguments")
+    if recipe.segmentation.enabled:
+        from jointreg.nets.segmentation import segmentor_arguments
+
+        segmentor_arguments(recipe.segmentation.architecture, recipe.segmentation.arguments, "segmentation.arguments")
 
 
 def recipe_from_dict(data: Any, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
@@ -367,27 +425,24 @@ def recipe_from_dict(data: Any, overrides: list[str] | tuple[str, ...] = ()) -> 
     if not isinstance(data, dict):
         raise ConfigError("a recipe must be a YAML mapping of sections")
     data, overrides = move_propagation_keys(data, list(overrides))
-    return from_mapping(Recipe, apply_overrides(data, overrides))
+    recipe = from_mapping(Recipe, apply_overrides(data, overrides))
+    check_network_arguments(recipe)
+    return recipe
 
 
 def load_recipe(path: str | PathLike[str], overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read a YAML recipe (``yaml.safe_load``), apply overrides, and validate it.
+    """Read a YAML recipe (``yaml.safe_load``, bounded), apply overrides, and validate it.
 
     Raises:
-        InputError: unreadable file or invalid YAML (naming the file).
+        InputError: unreadable file, invalid or oversized YAML (naming the file).
         ConfigError: unknown keys, wrong types, inconsistent settings (naming the key).
     """
-    import yaml
+    from jointreg.utils.yaml_io import load_yaml_file
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(path, "recipe file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise InputError(path, f"invalid YAML{where}") from None
+        raise InputError(path, "is a folder, expected a recipe file (YAML)" if path.is_dir() else "recipe file not found")
+    data = load_yaml_file(path, what="recipe")
     try:
         return recipe_from_dict(data, overrides)
     except ConfigError as exc:

@@ -24,6 +24,8 @@ class TrainingData:
         labels: class name → id of the networks (background 0, consecutive; a subset of the
             dataset's classes when the recipe selects some).
         label_lut: maps dataset label ids (ignore included) to network ids.
+        monitor: training volumes with their complete labels, scored for the logs only
+            (``logging.monitor``); separate copies, so training never sees those labels.
     """
 
     dataset: Dataset
@@ -34,6 +36,7 @@ class TrainingData:
     labels: dict[str, int]
     ignore_index: int
     label_lut: np.ndarray
+    monitor: list[SlicedVolume] = dataclasses.field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -117,12 +120,20 @@ def load_training_data(recipe: Recipe, *, progress: bool = True) -> TrainingData
     if validation_cases:
         want_full = recipe.data.validation_labels == "full" and has_full
         validation = load_sliced_dataset(dataset, slice_spec, cases=validation_cases, full_labels=want_full, progress=progress)
+    monitor = []
+    if recipe.logging.monitor == "training":
+        if not has_full:
+            raise InputError(dataset.root, "logging.monitor is 'training' but the dataset has no labelsTr_full/ "
+                             "folder (complete labels of the training cases to score against)")
+        monitor = load_sliced_dataset(dataset, slice_spec, cases=train_cases[:recipe.logging.monitor_cases],
+                                      full_labels=True, progress=progress)
     if not any(labelled_slices(v) for v in train):
         raise InputError(dataset.root / "labelsTr", "no annotated slice in any training case (nothing to learn from)")
     if not np.array_equal(lut, np.arange(len(lut))):
         train = [remap_volume(v, lut, ignore_index) for v in train]
         validation = [remap_volume(v, lut, ignore_index) for v in validation]
-    return TrainingData(dataset, spec, slice_spec, train, validation, labels, ignore_index, lut)
+        monitor = [remap_volume(v, lut, ignore_index) for v in monitor]
+    return TrainingData(dataset, spec, slice_spec, train, validation, labels, ignore_index, lut, monitor)
 
 
 def remap_volume(volume: SlicedVolume, lut: np.ndarray, ignore_index: int) -> SlicedVolume:

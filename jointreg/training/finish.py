@@ -15,6 +15,7 @@ from jointreg.training.checkpoint import load_checkpoint
 from jointreg.training.config import Recipe
 from jointreg.training.data import TrainingData, remap_volume
 from jointreg.training.networks import Networks, TrainingState, load_weights
+from jointreg.training.run_folder import recipe_digest, remove_run_temporaries
 from jointreg.utils.atomic import write_json
 
 log = logging.getLogger(__name__)
@@ -24,12 +25,21 @@ def finish_run(
     recipe: Recipe, paths: RunPaths, data: TrainingData, nets: Networks, state: TrainingState,
     device: torch.device, show_progress: bool,
 ) -> dict[str, Any]:
-    """Select the best weights, export the model folders, evaluate, write ``summary.json``."""
-    from jointreg.export.model_folder import save_model_folder
+    """Select the best weights, export the model folders, evaluate, write ``summary.json``.
 
-    if state.best_step is not None and paths.best.is_dir():
-        load_weights(nets, load_checkpoint(paths.best))
-        log.info("selected the weights of step %d (validation score %.4f)", state.best_step, state.best_score)
+    Leftovers of writes a kill interrupted (``.tmp-*``) are removed last, so that a finished run
+    folder holds only its results.
+    """
+    from jointreg.export.model_folder import save_model_folder
+    from jointreg.export.preprocessing import with_pipeline  # the resolved preprocessing, for deployments
+
+    if state.best_step is not None:
+        if paths.best.is_dir():
+            load_weights(nets, load_checkpoint(paths.best))
+            log.info("selected the weights of step %d (validation score %.4f)", state.best_step, state.best_score)
+        else:
+            log.warning("%s is missing: exporting the last weights instead of those of step %d",
+                        paths.best, state.best_step)
     preprocessing = data.slice_spec.to_dict()
     labels = data.labels
     extra = {"run": recipe.name, "recipe_mode": recipe.mode, "step": state.step}
@@ -42,7 +52,9 @@ def finish_run(
         exported["registration"] = str(save_model_folder(
             paths.model("registration"), nets.registration, kind="registration",
             architecture=recipe.registration.architecture, preprocessing=preprocessing, labels=labels,
-            modality=data.spec.modality, extra={**extra, "pair_radius": recipe.pairs.radius},
+            modality=data.spec.modality,
+            extra=with_pipeline("registration", preprocessing, data.spec.modality,
+                                {**extra, "pair_radius": recipe.pairs.radius}),
         ))
     postprocessing = None
     if nets.segmentor is not None:
@@ -54,7 +66,8 @@ def finish_run(
         exported["segmentor"] = str(save_model_folder(
             paths.model("segmentor"), nets.segmentor, kind="segmentor",
             architecture=recipe.segmentation.architecture, preprocessing=preprocessing, labels=labels,
-            modality=data.spec.modality, extra={**extra, POSTPROCESSING: postprocessing},
+            modality=data.spec.modality,
+            extra=with_pipeline("segmentor", preprocessing, data.spec.modality, {**extra, POSTPROCESSING: postprocessing}),
         ))
     summary: dict[str, Any] = {
         "status": "finished",
@@ -69,6 +82,7 @@ def finish_run(
         "best_validation": state.best_score,
         "train_seconds": round(state.elapsed, 1),
         "device": str(device),
+        "recipe_sha256": recipe_digest(recipe),
         "exported": exported,
         "history": state.history,
     }
@@ -79,6 +93,7 @@ def finish_run(
         summary["evaluation"] = evaluate_run_models(recipe, paths, data, nets, progress=show_progress,
                                                     largest_component=largest)
     write_json(paths.summary, summary)
+    remove_run_temporaries(paths)
     return summary
 
 

@@ -4,8 +4,10 @@ The run is a fixed plan of phases (:mod:`jointreg.training.plan`). Every random 
 step ``g`` comes from ``numpy.random.default_rng([seed, g])`` (pairs, slices, augmentation
 seeds), and torch's global RNG (dropout) is saved in checkpoints, so stopping after any step
 and resuming reproduces the uninterrupted run exactly. After each round: validation and the
-checkpoint (:mod:`~jointreg.training.rounds`); at the end: export and evaluation
-(:mod:`~jointreg.training.finish`).
+checkpoint (:mod:`~jointreg.training.rounds`); a checkpoint also after each warm-up and every
+``schedule.checkpoint_steps`` steps, so a crash at any point loses little; at the end: export
+and evaluation (:mod:`~jointreg.training.finish`). What a rerun may do with a run folder (and
+why ``--resume`` refuses an edited recipe): :mod:`~jointreg.training.run_folder`.
 """
 
 from __future__ import annotations
@@ -22,19 +24,19 @@ import torch
 
 from jointreg.data.batches import labelled_batch, registration_batch
 from jointreg.data.pairs import PairSampler
-from jointreg.errors import InputError
+from jointreg.errors import ConfigError, InputError
 from jointreg.export.run_folder import RunPaths
-from jointreg.training.checkpoint import load_checkpoint, save_checkpoint
+from jointreg.training.checkpoint import load_checkpoint
 from jointreg.training.config import Recipe
 from jointreg.training.data import TrainingData, load_training_data, sample_labelled
 from jointreg.training.finish import finish_run
 from jointreg.training.logger import RunLogger, log_registration_panel
-from jointreg.training.networks import Networks, TrainingState, build_networks, checkpoint_payload, restore_payload
+from jointreg.training.networks import Networks, TrainingState, build_networks, restore_payload
 from jointreg.training.objectives import RegistrationObjective
-from jointreg.training.plan import REGISTRATION, Phase, build_plan, locate, round_ends, total_steps
+from jointreg.training.plan import REGISTRATION, Phase, build_plan, locate, round_ends, total_steps, warmup_ends
 from jointreg.training.propagation import SegmentationGroups
-from jointreg.training.rounds import end_of_round
-from jointreg.training.run_folder import prepare_run_folder, run_paths
+from jointreg.training.rounds import end_of_round, save_last
+from jointreg.training.run_folder import open_run_folder, run_paths
 from jointreg.training.steps import registration_step, segmentation_step
 from jointreg.utils.device import resolve_device, seed_everything, set_threads
 
@@ -69,45 +71,64 @@ def train(
     Args:
         recipe: the experiment.
         run_dir: the run folder (default ``recipe.output / recipe.name``).
-        resume: continue the run in ``run_dir`` from its last checkpoint.
-        overwrite: replace an existing run folder.
+        resume: continue the run in ``run_dir`` from its last checkpoint; a folder that has no
+            checkpoint yet starts at step 0 with its recipe.
+        overwrite: replace an existing run folder. Not needed for a folder whose training never
+            reached a checkpoint (a failed attempt): that one is replaced anyway.
         stop_after: stop (with a checkpoint) once this many global steps are done; the run can
             be resumed later. Used to time-box runs and by the resume tests.
         progress: show a progress bar (default: the recipe's logging.progress).
 
     Returns:
         The run summary (also written to ``summary.json`` when the run completes).
+
+    Raises:
+        ConfigError: a negative ``stop_after``.
+        InputError / ConfigError: the run folder cannot be used as asked
+            (:func:`~jointreg.training.run_folder.prepare_run_folder`), e.g. ``--resume`` with
+            a recipe that differs from its checkpoint's.
     """
+    if stop_after is not None and (isinstance(stop_after, bool) or stop_after < 0):
+        raise ConfigError(f"--stop-after: must be a number of steps >= 0, got {stop_after!r}")
     paths = run_paths(recipe, run_dir)
-    prepare_run_folder(recipe, paths, resume=resume, overwrite=overwrite)
-    show_progress = recipe.logging.progress if progress is None else progress
-    seed_everything(recipe.seed)
-    set_threads(recipe.threads)
-    device = resolve_device(recipe.device)
-    data = load_training_data(recipe, progress=show_progress)
-    nets = build_networks(recipe, data, device)
-    plan = build_plan(recipe)
-    total = total_steps(plan)
-    state = TrainingState()
-    if resume:
-        state = restore_payload(nets, load_checkpoint(paths.last))
-        log.info("resumed %s at step %d of %d", paths.root, state.step, total)
-    run = Run(recipe, paths, data, nets, plan, RunLogger(recipe, paths, state.step), device, show_progress)
-    try:
-        state = run_plan(run, state, stop_after)
-        if state.step < total and not state.stopped_early:
-            return {"status": "stopped", "step": state.step, "total_steps": total, "run": str(paths.root)}
-        return finish_run(recipe, paths, data, nets, state, device, show_progress)
-    finally:
-        run.logger.close()
+    with open_run_folder(recipe, paths, resume=resume, overwrite=overwrite) as from_checkpoint:
+        show_progress = recipe.logging.progress if progress is None else progress
+        seed_everything(recipe.seed)
+        set_threads(recipe.threads)
+        device = resolve_device(recipe.device)
+        data = load_training_data(recipe, progress=show_progress)
+        nets = build_networks(recipe, data, device)
+        plan = build_plan(recipe)
+        total = total_steps(plan)
+        state = TrainingState()
+        if from_checkpoint:
+            state = restore_payload(nets, load_checkpoint(paths.last))
+        run = Run(recipe, paths, data, nets, plan, RunLogger(recipe, paths, state.step), device, show_progress)
+        if from_checkpoint:  # after the logger exists, so that train.log says where the run resumed
+            log.info("resumed %s at step %d of %d", paths.root, state.step, total)
+        try:
+            state = run_plan(run, state, stop_after, saved=from_checkpoint)
+            if state.step < total and not state.stopped_early:
+                return {"status": "stopped", "step": state.step, "total_steps": total, "run": str(paths.root)}
+            summary = finish_run(recipe, paths, data, nets, state, device, show_progress)
+            run.logger.evaluation(summary.get("evaluation"), state.step)  # test/<metric>/<class>
+            return summary
+        finally:
+            run.logger.close()
 
 
-def run_plan(run: Run, state: TrainingState, stop_after: int | None = None) -> TrainingState:
-    """Walk the plan from ``state.step`` (to the end, or to ``stop_after`` steps)."""
+def run_plan(run: Run, state: TrainingState, stop_after: int | None = None, *, saved: bool = False) -> TrainingState:
+    """Walk the plan from ``state.step`` (to the end, or to ``stop_after`` steps).
+
+    Args:
+        saved: ``state`` is what ``checkpoints/last`` holds already (a resumed run).
+    """
     from tqdm.auto import tqdm
 
     recipe, data, nets = run.recipe, run.data, run.nets
-    total, ends = total_steps(run.plan), round_ends(run.plan)
+    total, ends, warmups = total_steps(run.plan), round_ends(run.plan), warmup_ends(run.plan)
+    every = recipe.schedule.checkpoint_steps
+    saved_step = state.step if saved else None
     sampler = groups = objective = None
     if nets.registration is not None:
         pairs = recipe.pairs
@@ -173,16 +194,20 @@ def run_plan(run: Run, state: TrainingState, stop_after: int | None = None) -> T
             _log_step(run, phase.network, terms, g, total, role.optimizer.param_groups[0]["lr"])
             bar.set_postfix_str(f"{phase.network[:3]} {terms.get('total', 0.0):.4f}", refresh=False)
             bar.update(1)
-            if state.step in ends:
-                state.elapsed = time.perf_counter() - started
-                end_of_round(recipe, run.paths, data, nets, state, run.logger, ends[state.step], state.step == total)
-                if state.stopped_early:
-                    break
+            state.elapsed = time.perf_counter() - started
+            if state.step in ends and end_of_round(recipe, run.paths, data, nets, state, run.logger,
+                                                   ends[state.step], state.step == total):
+                saved_step = state.step
+            if saved_step != state.step and (state.step in warmups or (every and state.step % every == 0)):
+                save_last(recipe, run.paths, nets, state)
+                saved_step = state.step
+            if state.stopped_early:
+                break
     finally:
         bar.close()
     state.elapsed = time.perf_counter() - started
-    if state.step < total or state.stopped_early:
-        save_checkpoint(run.paths.last, checkpoint_payload(nets, state))
+    if saved_step != state.step:  # stopped by stop_after between checkpoints
+        save_last(recipe, run.paths, nets, state)
     log.info("last losses: %s", json.dumps({k: round(v, 5) for k, v in last_terms.items()}))
     return state
 

@@ -1,14 +1,20 @@
-"""Image panels for TensorBoard: fixed | moving | warped | difference | deformation grid | labels."""
+"""Image panels for TensorBoard: fixed | moving | warped | difference | deformation grid | labels,
+and the segmentation panel of each validation (fixed slices, ground-truth and predicted contours,
+drawn by :mod:`jointreg.metrics.montage`)."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
-_COLOURS = np.array(
-    [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
-     [145, 30, 180], [70, 240, 240], [240, 50, 230]], dtype=np.float32
-) / 255.0
+from jointreg.data.slices import SlicedVolume
+from jointreg.inference.predict import channel_argmax, predict_stack
+from jointreg.inference.scoring import truth_labels
+from jointreg.metrics.montage import CLASS_COLOURS, MontageColumn, choose_slices, render_montage
+
+_COLOURS = CLASS_COLOURS.astype(np.float32) / 255.0  # one palette for panels and montages
 
 
 def _grey(image: np.ndarray) -> np.ndarray:
@@ -60,10 +66,41 @@ def registration_panel(
     return np.concatenate(tiles, axis=1)
 
 
-def segmentation_panel(image: torch.Tensor, prediction: torch.Tensor, target: torch.Tensor, ignore_index: int | None) -> np.ndarray:
-    """``image | prediction overlay | target overlay`` for the first sample."""
-    im = image[0, 0].detach().float().cpu().numpy()
-    return np.concatenate(
-        [_grey(im), overlay(im, prediction[0].cpu().numpy()), overlay(im, target[0, 0].cpu().numpy(), ignore_index=ignore_index)],
-        axis=1,
-    )
+def panel_slices(volumes: Sequence[SlicedVolume], count: int, *, ignore_index: int) -> list[tuple[int, int]]:
+    """``count`` fixed ``(volume, slice)`` slots to draw at every validation.
+
+    Spread over the volumes (one each while there are enough), and within a volume evenly
+    through its labelled extent (:func:`~jointreg.metrics.montage.choose_slices` on the truth
+    alone): chosen from the labels, never from predictions, so every validation shows the same
+    slices.
+    """
+    labelled = [v for v, volume in enumerate(volumes) if truth_labels(volume) is not None]
+    if not labelled or count < 1:
+        return []
+    per_volume = -(-count // len(labelled))
+    picks = [choose_slices(truth_labels(volumes[v]), [], per_volume, ignore_label=ignore_index) for v in labelled]
+    # Round-robin over the volumes, so that a few slots still cover several of them.
+    slots = [(v, chosen[rank]) for rank in range(per_volume) for v, chosen in zip(labelled, picks) if rank < len(chosen)]
+    return slots[:count]
+
+
+def segmentation_montage(
+    segmentor: torch.nn.Module,
+    volumes: Sequence[SlicedVolume],
+    slots: Sequence[tuple[int, int]],
+    labels: Mapping[str, int],
+    *,
+    tile: int = 128,
+) -> np.ndarray:
+    """The slots' images with ground-truth and predicted contours (RGB ``uint8``; one column per
+    slot, :func:`jointreg.metrics.montage.render_montage`), on the training grid."""
+    images = np.stack([volumes[v].images[s] for v, s in slots])
+    predicted = channel_argmax(predict_stack(segmentor, images), 1)
+    columns = [
+        MontageColumn(np.clip(images[i], 0.0, 1.0), truth_labels(volumes[v])[s], (predicted[i],),
+                      caption=f"{volumes[v].case} s{s}")
+        for i, (v, s) in enumerate(slots)
+    ]
+    foreground = {n: int(i) for n, i in labels.items() if int(i) != 0}
+    return render_montage(columns, foreground, rows=("prediction",), tile=tile)
+

@@ -58,6 +58,17 @@ def round_ends(plan: list[Phase]) -> dict[int, int]:
     return ends
 
 
+def warmup_ends(plan: list[Phase]) -> set[int]:
+    """Global steps (exclusive ends) at which a warm-up phase ends: a run checkpoints there, so
+    that a crash after the long registration warm-up does not cost it."""
+    ends, position = set(), 0
+    for phase in plan:
+        position += phase.steps
+        if phase.round < 0:
+            ends.add(position)
+    return ends
+
+
 def locate(plan: list[Phase], step: int) -> Phase:
     """The phase that global step ``step`` belongs to."""
     position = 0

@@ -239,6 +239,7 @@ class SegmentationGroups:
         self.num_classes, self.radius = num_classes, float(radius)
         self.chain = propagation.method == "chain"
         self.verify = propagation.verify
+        self.refine = propagation.refine
         self._chain_labels: dict[tuple[int, int], torch.Tensor] = {}
         self._chain_distance: dict[tuple[int, int], float] = {}
         self._chain_version: int | None = None
@@ -251,7 +252,9 @@ class SegmentationGroups:
             return
         from jointreg.data.pairs import labelled_slices
         from jointreg.inference.propagate import propagate_chain
+        from jointreg.inference.refine import Refinement
 
+        refinement = Refinement(steps=self.refine)
         self._chain_labels, self._chain_distance = {}, {}
         for v, volume in enumerate(self.volumes):
             annotated = labelled_slices(volume)
@@ -260,7 +263,7 @@ class SegmentationGroups:
                 continue
             estimate = propagate_chain(net, volume.images, volume.labels, targets, annotated,
                                        num_classes=self.num_classes, ignore_index=self.ignore_index,
-                                       radius=self.radius, device=self.device)
+                                       radius=self.radius, device=self.device, refinement=refinement)
             probs, covered = estimate.probabilities()
             labels = torch.where(covered, probs.argmax(1), torch.full_like(covered, self.ignore_index, dtype=torch.int64))
             if self.verify is not None:

@@ -16,8 +16,9 @@ A study names a base recipe and, per method, the recipe fields that differ::
 Every (method, seed) is an ordinary run folder ``OUTPUT/<method-slug>_seed<S>``. A run that
 already finished with an identical recipe is reused, so a study can be interrupted and rerun, or
 extended with a method. The study writes ``study.md`` (the table), ``study.json``, box plots
-per class and metric (one box per method) and a paired comparison (Wilcoxon) of every method
-against the baseline.
+per class and metric (one box per method), a paired comparison (Wilcoxon) of every method
+against the baseline, and ``montages.md``: per test case a picture of the ground truth and every
+method's prediction, hardest case first.
 
 Cross-validation: with a ``folds`` section (:class:`~jointreg.training.folds.FoldsConfig`)
 every case of a fully labelled dataset is a test case once::
@@ -59,6 +60,9 @@ class StudyConfig:
         metrics: metrics of the table.
         classes: classes of the table (default: every foreground class).
         folds: cross-validation over a fully labelled dataset (off by default).
+        comparisons: extra paired comparisons ``[method, reference]`` besides the baseline's
+            (e.g. ``[[RUNet, IUNet]]``: does registration beat the identity with the same rules?);
+            each gets a Wilcoxon table in ``study.md`` and a folder under ``comparison/``.
     """
 
     name: str = "study"
@@ -71,6 +75,7 @@ class StudyConfig:
     metrics: tuple[str, ...] = ("dice", "hd95", "assd")
     classes: tuple[str, ...] = ()
     folds: FoldsConfig = field(default_factory=FoldsConfig)
+    comparisons: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
         if not self.base:
@@ -81,6 +86,12 @@ class StudyConfig:
             raise ConfigError(f"baseline: {self.baseline!r} is not one of the methods ({', '.join(self.methods)})")
         if not self.seeds:
             raise ConfigError("seeds: give at least one seed")
+        for method, reference in self.comparisons:
+            unknown = [m for m in (method, reference) if m not in self.methods]
+            if unknown:
+                raise ConfigError(f"comparisons: {unknown[0]!r} is not one of the methods ({', '.join(self.methods)})")
+            if method == reference:
+                raise ConfigError(f"comparisons: {method!r} is compared with itself")
         slugs = [slug(m) for m in self.methods]
         if len(set(slugs)) != len(slugs):
             raise ConfigError("methods: two method names map to the same folder name")
@@ -94,17 +105,13 @@ def slug(method: str) -> str:
 
 def load_study(path: str | PathLike[str], overrides: list[str] | tuple[str, ...] = ()) -> tuple[StudyConfig, Path]:
     """Read a study YAML; returns the config and the base recipe's path."""
-    import yaml
-
     from jointreg.utils.typed import apply_overrides
+    from jointreg.utils.yaml_io import load_yaml_file
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(path, "study file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError:
-        raise InputError(path, "invalid YAML") from None
+        raise InputError(path, "is a folder, expected a study file (YAML)" if path.is_dir() else "study file not found")
+    data = load_yaml_file(path, what="study") or {}
     try:
         study = from_mapping(StudyConfig, apply_overrides(data, list(overrides)))
     except ConfigError as exc:
@@ -142,10 +149,23 @@ def fold_folder(study: StudyConfig, fold: int) -> Path:
     return Path(study.output) / "folds" / f"fold{fold}"
 
 
-def plan_runs(study: StudyConfig, base: Path) -> list[PlannedRun]:
-    """Every run of the study, recipes fully resolved (fold by fold with cross-validation)."""
+def _method_recipe(base: Path, overrides: list[str], method: str, source: Path | None):
+    """The recipe of one run. An error names the file to fix: the base recipe when it is wrong
+    by itself, else the study (``source``), whose method or overrides made it wrong."""
     from jointreg.training.config import load_recipe
 
+    try:
+        return load_recipe(base, overrides)
+    except ConfigError as exc:
+        problem = str(exc).removeprefix(f"{base}: ")
+    load_recipe(base)  # raises, naming the base recipe, when the base itself is wrong
+    where = f"{source}: " if source is not None else ""
+    raise ConfigError(f"{where}method {method!r}: {problem}")
+
+
+def plan_runs(study: StudyConfig, base: Path, source: Path | None = None) -> list[PlannedRun]:
+    """Every run of the study, recipes fully resolved (fold by fold with cross-validation);
+    ``source`` is the study file, named in errors."""
     folds: list[int | None] = list(range(study.folds.count)) if study.folds.enabled else [None]
     runs = []
     for fold in folds:
@@ -156,10 +176,7 @@ def plan_runs(study: StudyConfig, base: Path) -> list[PlannedRun]:
                 if fold is not None:
                     overrides.append(f"data.dataset={fold_folder(study, fold)}")
                 overrides += [f"seed={seed}", f"name={name}", f"output={study.output}"]
-                try:
-                    recipe = load_recipe(base, overrides)
-                except ConfigError as exc:
-                    raise ConfigError(f"method {method!r}: {exc}") from None
+                recipe = _method_recipe(base, overrides, method, source)
                 runs.append(PlannedRun(method, seed, fold, recipe, Path(study.output) / name))
     return runs
 
@@ -186,9 +203,10 @@ def run_study(path: str | PathLike[str], *, overrides: list[str] | tuple[str, ..
     """Run (or reuse) every run of a study and write its table, JSON, plots and comparison."""
     from jointreg.export.run_folder import RunPaths
     from jointreg.training.loop import train
+    from jointreg.training.run_folder import has_started
 
     study, base = load_study(path, overrides)
-    runs = plan_runs(study, base)
+    runs = plan_runs(study, base, Path(path))
     if study.folds.enabled:
         from jointreg.training.folds import build_fold_datasets
 
@@ -211,7 +229,7 @@ def run_study(path: str | PathLike[str], *, overrides: list[str] | tuple[str, ..
         else:
             if progress:
                 print(f"[study] {index}/{len(runs)} {what}: training into {run_dir}", flush=True)
-            resume = RunPaths(run_dir).can_resume()
+            resume = has_started(RunPaths(run_dir))  # a checkpoint a kill left aside counts
             try:
                 done = train(recipe, run_dir=run_dir, resume=resume, overwrite=not resume, progress=progress)
             except ConfigError:
@@ -251,6 +269,71 @@ def _pool_folds(study: StudyConfig, runs: list[tuple[PlannedRun, dict[str, Any]]
             for k in ("label_dice", "identity_dice", "ncc", "folding_percent")
         } | {"pairs": pairs}
     return pooled
+
+
+def _write_montages(study: StudyConfig, summaries: list[tuple[PlannedRun, dict[str, Any]]],
+                    reports: dict[str, Path], out: Path) -> str:
+    """``montages/{case}.png`` and ``montages.md``: per test case (all folds), the ground truth and
+    each method's prediction (first seed), hardest case (lowest mean Dice over methods) first.
+
+    Returns:
+        The line of ``study.md`` linking the page (empty without predictions to show).
+    """
+    from jointreg.data.dataset import Dataset
+    from jointreg.export.run_folder import RunPaths
+    from jointreg.metrics import read_per_case
+    from jointreg.metrics.gallery import GALLERY_MD, MethodPredictions, combined_scores, write_method_gallery
+    from jointreg.metrics.report import classes_in_order
+
+    sources: dict[str, list[tuple[Path, Path]]] = {}
+    for planned, done in summaries:
+        predictions = RunPaths(done.get("run", "")).predictions
+        if planned.seed == study.seeds[0] and planned.method in reports and predictions.is_dir():
+            labels = Dataset.open(planned.recipe.data.dataset).labels_dir(planned.recipe.evaluation.split)
+            sources.setdefault(planned.method, []).append((predictions, labels))
+    if not sources:
+        return ""
+    rows = {method: read_per_case(reports[method]) for method in sources}
+    classes = list(study.classes) or [name for name, _ in classes_in_order([r for rs in rows.values() for r in rs])]
+    write_method_gallery(out, [MethodPredictions(m, tuple(v)) for m, v in sources.items()], combined_scores(rows),
+                         classes, title=f"{study.name}: test cases, hardest first")
+    return (f"\nPer-case montages (ground truth and each method's prediction, hardest case first): "
+            f"[{GALLERY_MD}]({GALLERY_MD})\n")
+
+
+def _write_pair_comparisons(study: StudyConfig, reports: dict[str, Path], out: Path) -> str:
+    """The ``comparisons:`` of the study: one paired table per (method, reference) that has run."""
+    from jointreg.metrics import compare_reports, write_comparison
+
+    text = ""
+    for method, reference in study.comparisons:
+        if method not in reports or reference not in reports:
+            text += f"\n{method} vs {reference}: not compared (not every run has finished).\n"
+            continue
+        comparison = compare_reports([reports[reference], reports[method]], names=[reference, method])
+        folder = out / "comparison" / f"{slug(method)}_vs_{slug(reference)}"
+        write_comparison(comparison, folder, overwrite=True)
+        text += f"\n## {method} vs {reference} (paired Wilcoxon over the test cases)\n\n"
+        text += "| class | metric | " + f"{reference} | {method} | difference | better / worse | p |\n"
+        text += "|---|---|---|---|---|---|---|\n"
+        for class_name, entry in comparison["classes"].items():
+            for metric in study.metrics:
+                if metric not in entry:
+                    continue
+                ref_mean = entry[metric]["reports"][reference].get("mean")
+                our_mean = entry[metric]["reports"][method].get("mean")
+                diff = entry[metric]["differences"][method]
+                p = diff["p_value"]
+                text += (f"| {class_name} | {metric} | {_number(ref_mean)} | {_number(our_mean)} | "
+                         f"{_number(diff['mean_difference'], signed=True)} | {diff['better']} / {diff['worse']} | "
+                         f"{'–' if p is None else f'{p:.3g}'} |\n")
+    return text
+
+
+def _number(value: float | None, *, signed: bool = False) -> str:
+    if value is None:
+        return "–"
+    return f"{value:+.3f}" if signed else f"{value:.3f}"
 
 
 def write_study(study: StudyConfig, summaries: list[tuple[PlannedRun, dict[str, Any]]]) -> dict[str, Any]:
@@ -295,6 +378,8 @@ def write_study(study: StudyConfig, summaries: list[tuple[PlannedRun, dict[str, 
         comparison = compare_reports([reports[m] for m in names], names=names)
         write_comparison(comparison, out / "comparison", overwrite=True)
         text += f"\nPaired comparison against {baseline} (Wilcoxon signed-rank): see comparison/comparison.md\n"
+    text += _write_pair_comparisons(study, reports, out)
+    text += _write_montages(study, summaries, reports, out)
     if cross_validated:
         for fold in range(study.folds.count):
             runs = [(f"{p.method}" if len(study.seeds) == 1 else f"{p.method} (seed {p.seed})", d)
@@ -326,5 +411,5 @@ def write_study(study: StudyConfig, summaries: list[tuple[PlannedRun, dict[str, 
                              "evaluation": d["evaluation"]} for m, s, d in results]
     write_json(out / "study.json", result)
     print("\n" + text)
-    print(f"Study written to {out} (study.md, study.json, plots/, comparison/)")
+    print(f"Study written to {out} (study.md, study.json, plots/, comparison/, montages.md)")
     return result

@@ -10,6 +10,7 @@ got 'fast'``), raised before any work starts. Supported field types: bool, int, 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -58,15 +59,22 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
             return int(value)
         raise ConfigError(f"{where}: expected an integer, got {_describe(value)}")
     if hint is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             # YAML 1.1 reads "1e-4" as a string; accept plain numeric strings.
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{where}: expected a number, got {_describe(value)}")
+        if number is None:
+            raise ConfigError(f"{where}: expected a number, got {_describe(value)}")
+        # No setting means anything at NaN or infinity (a rate, a weight, a probability); such a
+        # value would only surface later as a traceback from torch or as NaN losses.
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {_describe(value)}")
+        return number
     if hint is str:
         if isinstance(value, str):
             return value
@@ -141,7 +149,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: list[str] | tuple[str, .
         >>> apply_overrides({"a": {"b": 1}}, ["a.b=2", "c=[1, 2]"])
         {'a': {'b': 2}, 'c': [1, 2]}
     """
-    import yaml
+    from jointreg.utils.yaml_io import YamlDocumentError, load_yaml
 
     result: dict[str, Any] = _deep_copy(data)
     for item in overrides:
@@ -152,9 +160,9 @@ def apply_overrides(data: Mapping[str, Any], overrides: list[str] | tuple[str, .
         if not key:
             raise ConfigError(f"--set {item!r}: empty key")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item!r}: cannot parse value ({exc.__class__.__name__})") from None
+            value = load_yaml(raw) if raw.strip() else ""
+        except YamlDocumentError as exc:
+            raise ConfigError(f"--set {_describe(item)}: cannot parse value ({exc.problem})") from None
         node = result
         parts = key.split(".")
         for part in parts[:-1]:

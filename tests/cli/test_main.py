@@ -80,3 +80,35 @@ def test_version_flag_prints_the_package_version(capsys):
 def test_no_command_prints_help_and_fails(capsys):
     assert main([]) == 2
     assert "usage: jointreg" in capsys.readouterr().out
+
+
+def _raising(exc):
+    def run(args):
+        raise exc
+
+    return run
+
+
+def test_an_os_error_on_a_path_is_one_line_with_exit_code_2(monkeypatch, tmp_path, capsys):
+    import errno
+
+    import jointreg.cli.validate as command
+
+    (tmp_path / "read_only").mkdir()
+    target = tmp_path / "read_only" / "report.json"
+    monkeypatch.setattr(command, "run", _raising(PermissionError(errno.EACCES, "Permission denied", str(target))))
+    assert main(["validate", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"jointreg validate: error: {target}: permission denied (cannot create anything in {tmp_path / 'read_only'})\n")
+
+
+@pytest.mark.parametrize("exc", [
+    FileNotFoundError(2, "No such file or directory", "gone.json"),  # a missing file that got this far is a bug
+    OSError(13, "Permission denied"),                                 # names no path
+])
+def test_other_os_errors_keep_their_traceback(monkeypatch, tmp_path, exc):
+    import jointreg.cli.validate as command
+
+    monkeypatch.setattr(command, "run", _raising(exc))
+    with pytest.raises(type(exc)):
+        main(["validate", str(tmp_path)])

@@ -88,3 +88,53 @@ def test_test_split_pairing_and_extra_channel(make_dataset):
 def test_missing_folder():
     report = validate_dataset("/nonexistent/jointreg-dataset")
     assert report.problems == [("/nonexistent/jointreg-dataset", "dataset folder not found")]
+
+
+def test_unusual_nifti_content_is_reported_per_file(make_dataset):
+    import gzip
+    import struct
+
+    import nibabel as nib
+
+    root = make_dataset(n_cases=4, shape=(16, 16, 4))
+    ds = Dataset.open(root)
+    affine = nib.load(ds.image_path("case000")).affine
+    rgb = np.zeros((16, 16, 4), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(rgb, affine), ds.image_path("case000"))
+    nib.save(nib.Nifti1Image(np.ones((16, 16, 4), np.complex64), affine), ds.image_path("case001"))
+    scaled = nib.Nifti1Image(ds.read_label("case002").array, affine)
+    scaled.header.set_slope_inter(2.0, 0.0)
+    nib.save(scaled, ds.label_path("case002"))
+    # case003: pixdim[3] = 0 in a header whose affine comes from the qform
+    path = ds.image_path("case003")
+    block = bytearray(gzip.decompress(path.read_bytes()))
+    struct.pack_into("<f", block, 88, 0.0)
+    struct.pack_into("<hh", block, 252, 1, 0)
+    path.write_bytes(gzip.compress(bytes(block)))
+
+    report = validate_dataset(root)
+    found = {p.split("/")[-1]: m.split(":")[0] for p, m in report.problems}
+    assert found == {
+        "case000_0000.nii.gz": "colour data (RGB, datatype 128) is not supported",
+        "case001_0000.nii.gz": "complex-valued data (complex64, datatype 32) is not supported",
+        "case002.nii.gz": "label map has an intensity scaling (scl_slope 2, scl_inter 0) that would change its label values on reading; store labels unscaled (scl_slope 1, scl_inter 0)",
+        "case003_0000.nii.gz": "voxel spacing along axis 2 is 0 (pixdim[3])",
+    }, report.problems
+
+
+def test_scaled_images_are_a_warning_stating_the_conversion(make_dataset):
+    import nibabel as nib
+
+    root = make_dataset(n_cases=2, shape=(16, 16, 4))
+    ds = Dataset.open(root)
+    source = nib.load(ds.image_path("case001"))
+    img = nib.Nifti1Image(np.rint(np.asanyarray(source.dataobj)).astype(np.int16), source.affine)
+    img.header.set_slope_inter(0.5, -1024.0)
+    nib.save(img, ds.image_path("case001"))
+    report = validate_dataset(root)
+    assert report.ok, report.problems
+    assert report.warnings == [(
+        str(ds.image_path("case001")),
+        "intensities are scaled on reading: value = 0.5 x stored + -1024 (scl_slope, scl_inter; applied as "
+        "nibabel, ITK and nnU-Net apply it)",
+    )]

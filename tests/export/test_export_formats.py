@@ -158,6 +158,21 @@ def test_metadata_describes_the_tensors(exported, flowing_run):
     assert reg["source_model"] == str((flowing_run / "export" / "registration").resolve())
 
 
+def test_exported_models_carry_their_resolved_preprocessing(exported, flowing_run):
+    # The run's model folders record what "auto" resolved to and every rule around it (training/
+    # finish.py); the standalone exports recompute the same from the model folder.
+    folder, _ = exported
+    for kind in ("segmentor", "registration"):
+        config = json.loads((flowing_run / "export" / kind / "config.json").read_text())
+        assert config["preprocessing"]["normalization"] == "auto"
+        pipeline = config["extra"]["pipeline"]
+        assert pipeline["normalization"]["method"] == "ct" and pipeline["normalization"]["window"] == [-160.0, 240.0]
+        assert pipeline["grid"]["size"] == [32, 32] and pipeline["orientation"]["target"] == "RAS"
+        assert json.loads((folder / "onnx" / f"{kind}.json").read_text())["pipeline"] == pipeline
+    seg = json.loads((flowing_run / "export" / "segmentor" / "config.json").read_text())["extra"]["pipeline"]
+    assert seg["output"]["largest_component_classes"] == []  # no validation cases: nothing decided
+
+
 def test_another_size_and_one_model_folder(trained_run, tmp_path):
     files = export_run(trained_run["run"] / "export" / "segmentor", "torchscript", out=tmp_path, size=(48, 40))
     assert [p.name for p in files] == ["segmentor.pt"]

@@ -60,7 +60,8 @@ def test_output_is_a_complete_nnunet_dataset(trained_run, tmp_path):
         assert other["method"] == "fusion" and other["sources"][0]["slice"] == annotated[0]
         assert 0.0 <= other["registration_weight"] <= other["sources"][0]["weight"]
     manifest = json.loads((out / "pseudolabel.json").read_text())
-    assert manifest["settings"] == {"mode": "fusion", "propagation": "direct", "source_slices": 1, "verify": None}
+    assert manifest["settings"] == {"mode": "fusion", "propagation": "direct", "source_slices": 1, "verify": None,
+                                    "refine": 0}
     assert manifest["radius"] == 4.0
 
 
@@ -70,7 +71,7 @@ def test_zero_flow_registration_reproduces_copying_the_nearest_slice(architectur
     run = identity_run(sparse.spec.class_labels, architecture=architecture)
     for propagation in ("direct", "chain"):
         out = tmp_path / propagation
-        settings = PseudolabelSettings(mode="registration", propagation=propagation, verify=None)
+        settings = PseudolabelSettings(mode="registration", propagation=propagation, verify=None, refine=0)
         pseudolabel_dataset(run, sparse.root, out, settings=settings, progress=False)
         for case in sparse.cases():
             assert np.array_equal(read_label(out / "labelsTr" / f"{case}.nii.gz").array, _copy_nearest(sparse, case)), propagation
@@ -105,7 +106,7 @@ def test_rerun_skips_finished_cases_and_refuses_other_settings(trained_run, tmp_
     summary = pseudolabel_dataset(trained_run["run"], trained_run["sparse"], out, settings=settings, progress=False)
     assert summary["labelled"] == 1 and summary["skipped"] == 2
     assert _files(out) == first  # the leftover temporary is gone, the case is redone identically
-    with pytest.raises(InputError, match=r"was made with other settings \(differs in: settings\)"):
+    with pytest.raises(InputError, match=r"was made with other settings \(differs in: settings; 3 finished case\(s\)\)"):
         pseudolabel_dataset(trained_run["run"], trained_run["sparse"], out, progress=False)
     summary = pseudolabel_dataset(trained_run["run"], trained_run["sparse"], out, progress=False, overwrite=True)
     assert summary["labelled"] == 3
@@ -204,3 +205,16 @@ def test_parallel_workers_give_the_serial_result(identity_run, sparse_phantom_fa
     parallel = pseudolabel_dataset(run, sparse.root, tmp_path / "parallel", settings=settings, workers=3, progress=False)
     assert serial["methods"] == parallel["methods"] == {"registration": 4}
     assert _files(tmp_path / "serial") == _files(tmp_path / "parallel")
+
+
+def test_registration_mode_defaults_to_refined_chain_propagation():
+    from jointreg.errors import ConfigError
+    from jointreg.inference.refine import DEFAULT_STEPS
+
+    registration = PseudolabelSettings(mode="registration")
+    assert (registration.propagation, registration.refine, registration.verify) == ("chain", DEFAULT_STEPS, 0.6)
+    fusion = PseudolabelSettings(mode="fusion")
+    assert (fusion.propagation, fusion.refine) == ("direct", 0)
+    assert PseudolabelSettings(mode="registration", propagation="direct", refine=0).result_settings()["refine"] == 0
+    with pytest.raises(ConfigError, match="refine must be an integer >= 0"):
+        PseudolabelSettings(mode="registration", refine=-1)

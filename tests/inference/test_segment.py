@@ -159,12 +159,31 @@ def test_segment_inputs_keeps_the_input_geometry(trained_run, tmp_path):
 def test_existing_outputs_need_overwrite(trained_run, tmp_path):
     image = trained_run["sparse"] / "imagesTr" / "liver_ct_000_0000.nii.gz"
     out = tmp_path / "pred"
-    segment_inputs(trained_run["run"], [image], out, progress=False)
+    first = segment_inputs(trained_run["run"], [image], out, progress=False)
+    assert first["complete"] is True and first["already_done"] == []
     before = (out / "liver_ct_000.nii.gz").stat().st_mtime_ns
+    manifest = (out / "segmentation.json").read_bytes()
+    # The same job again: the case is done (same model, settings and input bytes), nothing is rewritten.
+    again = segment_inputs(trained_run["run"], [image], out, progress=False)
+    assert again["already_done"] == ["liver_ct_000"]
+    assert (out / "liver_ct_000.nii.gz").stat().st_mtime_ns == before and (out / "segmentation.json").read_bytes() == manifest
+    # Another job (other settings) would replace a finished result: refused without overwrite.
     with pytest.raises(InputError, match=r"already exists \(1 output file\(s\) would be replaced; pass --overwrite\)"):
-        segment_inputs(trained_run["run"], [image], out, progress=False)
+        segment_inputs(trained_run["run"], [image], out, progress=False, probabilities=True)
     assert (out / "liver_ct_000.nii.gz").stat().st_mtime_ns == before
-    segment_inputs(trained_run["run"], [image], out, progress=False, overwrite=True)
+    segment_inputs(trained_run["run"], [image], out, progress=False, overwrite=True, probabilities=True)
+    assert (out / "probabilities" / "liver_ct_000.nii.gz").is_file()
+
+
+def test_the_manifest_lists_inputs_and_model_by_digest(trained_run, tmp_path):
+    import hashlib
+
+    image = trained_run["sparse"] / "imagesTr" / "liver_ct_000_0000.nii.gz"
+    manifest = segment_inputs(trained_run["run"], [image], tmp_path / "pred", progress=False)
+    weights = trained_run["run"] / "export" / "segmentor" / "model.safetensors"
+    assert manifest["model_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert manifest["cases"]["liver_ct_000"]["input_sha256"] == hashlib.sha256(image.read_bytes()).hexdigest()
+    assert "planned" not in json.loads((tmp_path / "pred" / "segmentation.json").read_text())
 
 
 def test_output_folder_cannot_be_an_input_folder(trained_run, tmp_path):

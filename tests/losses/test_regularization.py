@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from monai.losses import BendingEnergyLoss, DiffusionLoss, deform
 
 from jointreg.errors import ConfigError
 from jointreg.losses.regularization import bending_energy, create_regularizer, diffusion
@@ -70,3 +71,29 @@ def test_registry():
     assert float(create_regularizer("bending")(flow)) == pytest.approx(bending_energy(flow).item())
     with pytest.raises(ConfigError, match="diffusion, bending"):
         create_regularizer("tv")
+
+
+def _affine(dims, size, seed):
+    g = torch.Generator().manual_seed(seed)
+    matrix = torch.randn(dims, dims, generator=g, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in size], indexing="ij"))
+    return (torch.einsum("ij,j...->i...", matrix, grid) + torch.randn(dims, *([1] * dims), generator=g)).unsqueeze(0)
+
+
+@pytest.mark.filterwarnings("ignore:Using a non-tuple sequence:UserWarning")
+@pytest.mark.parametrize("dims,size", [(2, (9, 11)), (3, (6, 7, 5))])
+def test_factor_to_monai_is_the_dimension(dims, size):
+    # Bending energy: the same stencils and voxels, MONAI also averages over the D channels.
+    if not hasattr(deform, "spatial_gradient_squared"):
+        pytest.skip("this MONAI's bending energy uses the wider twice-central-difference stencil")
+    flow = torch.randn(2, dims, *size, generator=torch.Generator().manual_seed(dims), dtype=torch.float64)
+    assert float(bending_energy(flow)) == pytest.approx(dims * float(BendingEnergyLoss()(flow)), rel=1e-12)
+    # Diffusion: exactly D times MONAI's on affine fields (constant gradient)...
+    affine = _affine(dims, size, seed=dims)
+    assert float(DiffusionLoss()(affine)) > 0.1
+    assert float(diffusion(affine)) == pytest.approx(dims * float(DiffusionLoss()(affine)), rel=1e-12)
+    # ... but no fixed factor elsewhere: MONAI's central difference does not see a checkerboard.
+    checker = (torch.stack(torch.meshgrid(*[torch.arange(n) for n in size], indexing="ij")).sum(0) % 2).double()
+    checker = checker.expand(1, dims, *size)
+    assert float(DiffusionLoss()(checker)) == 0.0
+    assert float(diffusion(checker)) == pytest.approx(dims * dims)  # D axes × D channels × 1² per difference

@@ -185,3 +185,72 @@ def test_parallel_workers_give_the_same_rows(tmp_path):
     serial = evaluate_folders(pred, root, progress=False)
     parallel = evaluate_folders(pred, root, workers=2, progress=False)
     assert parallel.rows == serial.rows
+
+
+def _liver_only_predictions(tmp_path, root, manifest_labels, pred_id):
+    """Predictions of a model that knows "other" alone (as id ``pred_id``), with its label map."""
+    pred = tmp_path / "pred_other"
+    for path in sorted((root / "labelsTs").glob("*.nii.gz")):
+        gt = nib.load(path).get_fdata().astype(np.int16)
+        _write(pred / path.name, np.where(gt == 2, pred_id, 0).astype(np.int16))
+    (pred / "segmentation.json").write_text(json.dumps({"labels": manifest_labels}))
+    return pred
+
+
+def test_classes_the_predictions_do_not_know_are_not_scored(tmp_path):
+    """The README's evaluate example: a run trained on one class, a dataset that labels more."""
+    root, _ = _setup(tmp_path)
+    # The model calls "other" id 1 (its own label space); the dataset calls it 2.
+    pred = _liver_only_predictions(tmp_path, root, {"background": 0, "other": 1}, pred_id=1)
+    result = evaluate_folders(pred, root, progress=False)
+    assert {r.class_name for r in result.rows} == {"other"}
+    assert all(r.dice == 1.0 and not r.missed for r in result.rows)  # ids matched by name
+    assert result.info["classes_not_predicted"] == {"organ": 1}
+    assert result.info["prediction_label_map"] == str(pred / "segmentation.json")
+    # Asked for explicitly: the known class is scored, the other reported, never a Dice of 0.
+    both = evaluate_folders(pred, root, classes=["organ", "other"], progress=False)
+    assert {r.class_name for r in both.rows} == {"other"} and both.info["classes_not_predicted"] == {"organ": 1}
+    with pytest.raises(InputError, match=r"segmentation.json: the predictions label none of the classes to "
+                                         r"evaluate \(organ\); their label map has: other"):
+        evaluate_folders(pred, root, classes=["organ"], progress=False)
+    # Without the label map the old reading holds: id 1 is the dataset's organ.
+    (pred / "segmentation.json").unlink()
+    plain = evaluate_folders(pred, root, progress=False)
+    assert {r.class_name for r in plain.rows} == {"organ", "other"}
+    assert all(r.missed for r in plain.rows if r.class_name == "other")
+
+
+def test_a_broken_prediction_label_map_is_one_clear_error(tmp_path):
+    root, _ = _setup(tmp_path)
+    pred = _liver_only_predictions(tmp_path, root, {"background": 0, "other": 2}, pred_id=2)
+    (pred / "segmentation.json").write_text("{not json")
+    with pytest.raises(InputError, match="segmentation.json: no valid 'labels' mapping"):
+        evaluate_folders(pred, root, progress=False)
+
+
+def test_the_report_names_unscored_classes_and_links_montages_worst_first(tmp_path):
+    import re
+
+    from jointreg.metrics.report import write_report
+
+    root, pred = _setup(tmp_path)
+    worse = _truth()
+    worse[worse == 1] = 0  # case2 misses the organ
+    _write(pred / "case2.nii.gz", worse)
+    (pred / "segmentation.json").write_text(json.dumps({"labels": {"background": 0, "organ": 1, "other": 2}}))
+    result = evaluate_folders(pred, root, progress=False, montage_slices=3)
+    assert set(result.montages) == {"case0", "case1", "case2"}
+    report = tmp_path / "report"
+    write_report(result.rows, report, info=result.info, montages=result.montages, plots=False)
+    text = (report / "summary.md").read_text()
+    table = text[text.index("## Cases, worst first"):]
+    assert table.index("| case2 |") < table.index("| case0 |") < table.index("| case1 |")  # ties by id
+    for page in ("summary.md", "montages.md"):
+        links = [link for link in re.findall(r"\]\(([^)]+)\)", (report / page).read_text())]
+        assert any(link.startswith("montages/") for link in links)
+        assert all((report / link).is_file() for link in links), page
+    # Not predicted classes are said in words, not scored.
+    pred_other = _liver_only_predictions(tmp_path, root, {"background": 0, "other": 1}, pred_id=1)
+    only = evaluate_folders(pred_other, root, progress=False)
+    write_report(only.rows, tmp_path / "report2", info=only.info, plots=False)
+    assert "**not scored**: organ" in (tmp_path / "report2" / "summary.md").read_text()

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from jointreg.errors import InputError
-from jointreg.training.checkpoint import STATE, TENSORS, join_tensors, load_checkpoint, save_checkpoint, split_tensors
+from jointreg.training.checkpoint import (
+    PREVIOUS, STATE, TENSORS, join_tensors, load_checkpoint, read_state, recover_checkpoint, save_checkpoint, split_tensors,
+)
 
 
 def assert_same(saved, restored, where="state"):
@@ -98,3 +100,63 @@ def test_unsupported_values_and_missing_files_are_clear_errors(tmp_path):
     (tmp_path / "half" / STATE).write_text("{}")
     with pytest.raises(InputError, match="not a checkpoint"):
         load_checkpoint(tmp_path / "half")
+
+
+def _entries(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_replacing_a_checkpoint_leaves_only_the_new_one(tmp_path):
+    save_checkpoint(tmp_path / "last", {"step": 1, "w": torch.ones(2)})
+    save_checkpoint(tmp_path / "last", {"step": 2, "w": torch.zeros(2)})
+    assert _entries(tmp_path) == ["last"]  # no temporary, nothing moved aside
+    back = load_checkpoint(tmp_path / "last")
+    assert back["step"] == 2 and torch.equal(back["w"], torch.zeros(2))
+    assert read_state(tmp_path / "last") == {"step": 2, "w": {"__tensor__": "s.w"}}
+
+
+def test_a_kill_between_the_renames_is_recovered_to_the_previous_checkpoint(tmp_path):
+    """The state a SIGKILL leaves after ``last`` was moved aside and before its successor was
+    renamed in: the complete old checkpoint aside, the complete new one under its temporary name."""
+    save_checkpoint(tmp_path / "last", {"step": 4, "w": torch.full((2,), 4.0)})
+    save_checkpoint(tmp_path / "new", {"step": 8, "w": torch.full((2,), 8.0)})
+    (tmp_path / "last").rename(tmp_path / f".tmp-0123456789ab-last{PREVIOUS}")
+    (tmp_path / "new").rename(tmp_path / ".tmp-0123456789ab-last")
+    assert recover_checkpoint(tmp_path / "last") is True
+    back = load_checkpoint(tmp_path / "last")
+    assert back["step"] == 4 and torch.equal(back["w"], torch.full((2,), 4.0))
+    assert _entries(tmp_path) == [".tmp-0123456789ab-last", "last"]  # the leftover is the caller's to remove
+    # Nothing to recover: no checkpoint, or only an incomplete folder aside.
+    assert recover_checkpoint(tmp_path / "best") is False
+    (tmp_path / f".tmp-aaaaaaaaaaaa-best{PREVIOUS}").mkdir()
+    assert recover_checkpoint(tmp_path / "best") is False and not (tmp_path / "best").exists()
+    assert recover_checkpoint(tmp_path / "nowhere" / "last") is False
+
+
+def test_a_failed_rename_puts_the_old_checkpoint_back(tmp_path, monkeypatch):
+    import jointreg.training.checkpoint as checkpoint
+
+    save_checkpoint(tmp_path / "last", {"step": 4})
+    real_replace, calls = checkpoint.os.replace, []
+
+    def failing(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:  # the new folder onto `last`
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", failing)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(tmp_path / "last", {"step": 8})
+    monkeypatch.undo()
+    assert _entries(tmp_path) == ["last"] and load_checkpoint(tmp_path / "last")["step"] == 4
+
+
+def test_a_checkpoint_missing_a_tensor_is_a_clear_error(tmp_path):
+    save_checkpoint(tmp_path / "ck", {"a": torch.ones(1)})
+    (tmp_path / "ck" / STATE).write_text(json.dumps({"a": {"__tensor__": "s.b"}}))
+    with pytest.raises(InputError, match=r"inconsistent checkpoint \(tensor 's.b' missing"):
+        load_checkpoint(tmp_path / "ck")
+    (tmp_path / "ck" / STATE).write_text("{not json")
+    with pytest.raises(InputError, match="unreadable checkpoint"):
+        read_state(tmp_path / "ck")

@@ -26,12 +26,12 @@ def test_yaml_round_trip_is_exact(tmp_path):
 
 def test_overrides_parse_values_as_yaml():
     recipe = recipe_from_dict({}, ["schedule.rounds=3", "registration.lr=1e-4", "data.size=[64, 80]",
-                                   "segmentation.enabled=false", "registration.arguments.scales=2"])
+                                   "segmentation.enabled=false", "registration.arguments.int_steps=5"])
     assert recipe.schedule.rounds == 3
     assert recipe.registration.lr == pytest.approx(1e-4)
     assert recipe.data.size == (64, 80)
     assert recipe.mode == "registration"
-    assert recipe.registration.arguments == {"scales": 2}
+    assert recipe.registration.arguments == {"int_steps": 5}
 
 
 @pytest.mark.parametrize(
@@ -100,3 +100,87 @@ def test_recipes_from_before_the_propagation_section_still_load(caplog):
     assert "segmentation.trust is now propagation.trust" in caplog.text
     with pytest.raises(ConfigError, match="segmentation.trust and propagation.trust both given"):
         recipe_from_dict({"segmentation": {"trust": []}, "propagation": {"trust": []}})
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"registration": {"lr": float("nan")}}, r"registration.lr: expected a finite number, got nan"),
+        ({"segmentation": {"lr": "inf"}}, r"segmentation.lr: expected a finite number, got 'inf'"),
+        ({"registration": {"smoothness_weight": float("-inf")}}, r"registration.smoothness_weight: expected a finite number"),
+        ({"registration": {"penalties": {"affine": float("nan")}}}, r"registration.penalties.affine: expected a finite number"),
+        ({"segmentation": {"augmentation": {"rotate": float("inf")}}}, r"segmentation.augmentation.rotate: expected a finite"),
+        ({"data": {"ct_window": [-160, float("inf")]}}, r"data.ct_window\[1\]: expected a finite number"),
+    ],
+)
+def test_non_finite_numbers_are_config_errors(data, message):
+    with pytest.raises(ConfigError, match=message):
+        recipe_from_dict(data)
+
+
+def test_non_finite_numbers_from_yaml_and_overrides(tmp_path):
+    path = tmp_path / "nan.yaml"
+    path.write_text("registration:\n  lr: .nan\n")
+    with pytest.raises(ConfigError, match=r"nan.yaml: registration.lr: expected a finite number, got nan"):
+        load_recipe(path)
+    with pytest.raises(ConfigError, match=r"segmentation.lr: expected a finite number, got inf"):
+        recipe_from_dict({}, ["segmentation.lr=.inf"])
+
+
+def test_dataclasses_built_in_code_refuse_non_finite_values_too():
+    from jointreg.training.config import RegistrationConfig, SegmentationConfig
+
+    with pytest.raises(ConfigError, match=r"registration.lr: must be > 0 and finite, got nan"):
+        RegistrationConfig(lr=float("nan"))
+    with pytest.raises(ConfigError, match=r"segmentation.dice_weight: must be >= 0 and finite, got inf"):
+        SegmentationConfig(dice_weight=float("inf"))
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"segmentation": {"arguments": {"decoder_chanels": [16, 8]}}},
+         r"segmentation.arguments: unknown argument\(s\) decoder_chanels; valid: architecture, encoder_name, "
+         r"in_channels, classes, encoder_depth, decoder_use_norm, decoder_channels, decoder_attention_type"),
+        ({"segmentation": {"architecture": "fcn", "arguments": {"feature": [4, 8, 8, 8, 8]}}},
+         r"segmentation.arguments: unknown argument\(s\) feature; valid: in_channels, classes, features, head_channels, dropout$"),
+        ({"segmentation": {"arguments": {"encoder_weights": "imagenet"}}},
+         r"segmentation.arguments: unknown argument\(s\) encoder_weights"),
+        ({"registration": {"arguments": {"featurs": [4, 8]}}},
+         r"registration.arguments: unknown argument\(s\) featurs; valid: spatial_dims, in_channels, features, scales"),
+        ({"registration": {"architecture": "fmirnet-1", "arguments": {"scales": 3}}},
+         r"registration.arguments: fmirnet-1 fixes scales=1; got scales=3"),
+        ({"registration": {"architecture": "fmrinet"}}, r"unknown registration network 'fmrinet'; valid names: affine"),
+        ({"segmentation": {"architecture": "unett"}}, r"unknown segmentor 'unett'; valid names: fcn, unet"),
+        ({"registration": {"arguments": {"flow_init_std": float("nan")}}},
+         r"registration.arguments.flow_init_std: expected a finite number, got nan"),
+        ({"segmentation": {"architecture": "fcn", "arguments": {"features": [4, 8, 8, 8, 10**12]}}},
+         r"segmentation.arguments.features\[4\]: 1000000000000 is too large for a network setting"),
+        ({"registration": {"arguments": {"features": [4] * 100}}},
+         r"registration.arguments.features: 100 entries, more than a network setting takes \(at most 64\)"),
+    ],
+)
+def test_network_arguments_are_checked_when_the_recipe_loads(data, message):
+    with pytest.raises(ConfigError, match=message):
+        recipe_from_dict(data)
+
+
+def test_network_arguments_that_fit_load_and_disabled_networks_are_not_checked():
+    recipe = recipe_from_dict({
+        "registration": {"architecture": "voxelmorph", "arguments": {"enc": [8, 8], "dec": [8, 8, 8], "int_steps": 5}},
+        "segmentation": {"arguments": {"encoder_depth": 3, "decoder_channels": [16, 8, 8], "classes": 3}},
+    })
+    assert recipe.segmentation.arguments["decoder_channels"] == [16, 8, 8]
+    # A disabled network's section is never built, so its leftovers are not errors.
+    recipe = recipe_from_dict({"segmentation": {"enabled": False, "arguments": {"anything": 1}}})
+    assert recipe.mode == "registration"
+
+
+def test_billion_laughs_recipe_is_refused_naming_the_file(tmp_path):
+    lines = ["a0: &a0 [1]"] + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines + ["name: *a8"]) + "\n")
+    with pytest.raises(InputError, match=r"bomb.yaml: the YAML document expands to more than 100,000 values"):
+        load_recipe(path)
+    with pytest.raises(ConfigError, match=r"^--set 'name=\{a0: &a0 \[1\], .*\.\.\.: cannot parse value \(the YAML document expands"):
+        recipe_from_dict({}, ["name=" + ", ".join(lines).join("{}")])

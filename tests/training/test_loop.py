@@ -1,6 +1,7 @@
 """The alternating loop: plan, run folder, exact resume, bad inputs, NaN handling."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,33 +86,242 @@ def test_identity_registration_trains_no_registration_and_propagates_unmoved_lab
     assert exported.config["architecture"] == "identity" and not list(exported.model.parameters())
 
 
+def assert_same_exported_weights(run_a, run_b):
+    """Every tensor of both exported models equal (values, dtype, keys), tensor by tensor."""
+    from safetensors.torch import load_file
+
+    for kind in ("registration", "segmentor"):
+        a = load_file(f"{run_a}/export/{kind}/model.safetensors")
+        b = load_file(f"{run_b}/export/{kind}/model.safetensors")
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), f"{kind}: {key} differs after resume"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["direct", "chain"])
-def test_resume_is_exact(tiny_recipe, tmp_path, method):
-    """Stopping after N steps and resuming gives the same weights as running straight through."""
+@pytest.mark.parametrize("method, stops", [("direct", (1, 4, 8)), ("chain", (4,))])
+def test_resume_is_exact(tiny_recipe, tmp_path, method, stops):
+    """Stopping after N steps and resuming gives the same weights as running straight through:
+    inside the registration warm-up (steps 0-2), the segmentation warm-up (3-5), a round (6-9)."""
     # The propagated group with registration-derived negatives is on, so its draws are covered too.
     group = ("segmentation.propagated_weight=0.5", "propagation.radius=64", "propagation.trust=[]",
              "propagation.foreground_within=2", "propagation.background_margin=2",
              "propagation.appearance_percentiles=[1, 99]", f"propagation.method={method}")
     straight = train(tiny_recipe(*group, name="straight"))
-    # Step 4 is in the middle of the segmentation warm-up (steps 3-5): chain labels are rebuilt on resume.
-    stopped = train(tiny_recipe(*group, name="resumed"), stop_after=4)
-    assert stopped["status"] == "stopped" and stopped["step"] == 4
-    resumed = train(tiny_recipe(*group, name="resumed"), run_dir=stopped["run"], resume=True)
-    assert resumed["steps"] == straight["steps"]
-    from safetensors.torch import load_file
+    for stop in stops:
+        # Step 4 is in the middle of the segmentation warm-up: chain labels are rebuilt on resume.
+        stopped = train(tiny_recipe(*group, name=f"resumed{stop}"), stop_after=stop)
+        assert stopped["status"] == "stopped" and stopped["step"] == stop
+        resumed = train(tiny_recipe(*group, name=f"resumed{stop}"), run_dir=stopped["run"], resume=True)
+        assert resumed["steps"] == straight["steps"]
+        assert_same_exported_weights(straight["run"], resumed["run"])
 
-    for kind in ("registration", "segmentor"):
-        a = load_file(f"{straight['run']}/export/{kind}/model.safetensors")
-        b = load_file(f"{resumed['run']}/export/{kind}/model.safetensors")
-        assert a.keys() == b.keys()
-        for key in a:
-            assert torch.equal(a[key], b[key]), f"{kind}: {key} differs after resume"
+
+def _crash_at(monkeypatch, step, error=RuntimeError("killed")):
+    """Make the training step of global step ``step`` raise, as a crash there would end the run."""
+    import jointreg.training.loop as loop
+
+    for name in ("registration_step", "segmentation_step"):
+        real = getattr(loop, name)
+
+        def crashing(*args, _real=real, step_=step, **kwargs):
+            if kwargs.get("step") == step_:
+                raise error
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(loop, name, crashing)
+
+
+def _checkpointed_steps(monkeypatch):
+    """Record the step of every resume checkpoint written (through the loop and the rounds)."""
+    import jointreg.training.loop as loop
+    import jointreg.training.rounds as rounds
+
+    steps, real = [], rounds.save_last
+
+    def recording(recipe, paths, nets, state):
+        steps.append(state.step)
+        real(recipe, paths, nets, state)
+
+    monkeypatch.setattr(rounds, "save_last", recording)
+    monkeypatch.setattr(loop, "save_last", recording)
+    return steps
+
+
+@pytest.mark.parametrize("every, expected", [(0, [3, 6, 10, 14]), (4, [3, 4, 6, 8, 10, 12, 14]), (100, [3, 6, 10, 14])])
+def test_checkpoints_after_each_warmup_and_every_n_steps(tiny_recipe, monkeypatch, every, expected):
+    steps = _checkpointed_steps(monkeypatch)
+    train(tiny_recipe(f"schedule.checkpoint_steps={every}", "evaluation.enabled=false", name=f"every{every}"))
+    assert steps == expected  # warm-ups end at 3 and 6, rounds at 10 and 14; never twice at one step
+
+
+def test_checkpoint_steps_must_not_be_negative(tiny_recipe):
+    with pytest.raises(ConfigError, match=r"schedule.checkpoint_steps: must be >= 0.*got -1"):
+        tiny_recipe("schedule.checkpoint_steps=-1")
+
+
+@pytest.mark.slow
+def test_a_crash_inside_a_warmup_resumes_from_its_step_checkpoint_exactly(tiny_recipe, monkeypatch):
+    """Before this change the first checkpoint came after both warm-ups (step 10 here): a crash
+    at step 5 lost the run. Now the steps-4 checkpoint (checkpoint_steps=2) resumes it exactly."""
+    straight = train(tiny_recipe("schedule.checkpoint_steps=2", name="straight"))
+    recipe = tiny_recipe("schedule.checkpoint_steps=2", name="crashed")
+    with monkeypatch.context() as patch:
+        _crash_at(patch, 5)  # inside the segmentation warm-up (steps 3-5)
+        with pytest.raises(RuntimeError, match="killed"):
+            train(recipe)
+    run = Path(recipe.output) / "crashed"
+    assert load_checkpoint(run / "checkpoints" / "last")["state"]["step"] == 4
+    resumed = train(recipe, run_dir=run, resume=True)
+    assert "at step 4 of 14" in (run / "train.log").read_text() and resumed["steps"] == 14
+    assert_same_exported_weights(straight["run"], resumed["run"])
+
+
+def test_a_failed_run_without_checkpoint_is_replaced_by_its_corrected_rerun(tiny_recipe, tmp_path, caplog):
+    bad = tiny_recipe(f"data.dataset={tmp_path / 'typo'}", "evaluation.enabled=false", name="fix")
+    with pytest.raises(InputError, match="dataset folder not found"):
+        train(bad)
+    run = Path(bad.output) / "fix"
+    assert (run / "recipe.yaml").is_file() and not (run / "checkpoints").exists()
+    # The corrected command needs no --overwrite: the failed attempt had nothing worth keeping.
+    fixed = tiny_recipe("evaluation.enabled=false", name="fix")
+    with caplog.at_level("WARNING", logger="jointreg.training.run_folder"):
+        summary = train(fixed)
+    assert summary["status"] == "finished" and "replacing a run folder without checkpoint" in caplog.text
+    from jointreg.training.run_folder import read_run_recipe
+
+    assert read_run_recipe(run) == fixed
+    # Once it has a checkpoint (or a summary), the folder is protected again.
+    with pytest.raises(InputError, match="run folder already exists"):
+        train(fixed)
+
+
+def test_resume_of_a_folder_without_checkpoint_starts_at_step_0_with_its_recipe(tiny_recipe, monkeypatch, caplog):
+    recipe = tiny_recipe("evaluation.enabled=false", name="early")
+    with monkeypatch.context() as patch:
+        _crash_at(patch, 1)  # before the first checkpoint (the end of the registration warm-up, step 3)
+        with pytest.raises(RuntimeError, match="killed"):
+            train(recipe)
+    run = Path(recipe.output) / "early"
+    assert not (run / "checkpoints" / "last").exists()
+    from jointreg.training.run_folder import read_run_recipe
+
+    with caplog.at_level("WARNING", logger="jointreg.training.run_folder"):
+        summary = train(read_run_recipe(run), run_dir=run, resume=True)
+    assert "no checkpoint yet; starting the run at step 0" in caplog.text
+    assert summary["status"] == "finished" and summary["steps"] == 14
+    assert (run / "train.log").read_text().count("step 0/14 registration") == 1  # the failed attempt's log is gone
+
+
+def test_resume_refuses_an_edited_recipe_naming_the_changed_keys(tiny_recipe):
+    import yaml
+
+    from jointreg.training.run_folder import read_run_recipe
+
+    stopped = train(tiny_recipe(name="edited"), stop_after=2)
+    run = Path(stopped["run"])
+    data = yaml.safe_load((run / "recipe.yaml").read_text())
+    data["registration"]["lr"] = 0.5
+    data["schedule"]["rounds"] = 3
+    (run / "recipe.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"recipe changed since its checkpoint was written \(registration.lr: 0.001 → 0.5, "
+                                          r"schedule.rounds: 2 → 3\)"):
+        train(read_run_recipe(run), run_dir=run, resume=True)
+
+
+def test_the_checkpoint_records_the_resolved_recipe_and_its_digest(tiny_recipe):
+    import hashlib
+
+    from jointreg.training.checkpoint import read_state
+    from jointreg.training.run_folder import recipe_digest
+
+    recipe = tiny_recipe(name="digest")
+    stopped = train(recipe, stop_after=1)
+    record = read_state(Path(stopped["run"]) / "checkpoints" / "last")["recipe"]
+    assert record["resolved"] == json.loads(json.dumps(recipe.to_dict()))
+    canonical = json.dumps(record["resolved"], sort_keys=True, separators=(",", ":"))
+    assert record["sha256"] == hashlib.sha256(canonical.encode()).hexdigest() == recipe_digest(recipe)
+    assert recipe_digest(tiny_recipe("registration.lr=0.5")) != record["sha256"]
+
+
+@pytest.mark.slow
+def test_a_checkpoint_from_before_recipe_records_resumes_with_a_warning(tiny_recipe, caplog):
+    from jointreg.training.checkpoint import STATE
+
+    stopped = train(tiny_recipe("evaluation.enabled=false", name="old"), stop_after=2)
+    state_file = Path(stopped["run"]) / "checkpoints" / "last" / STATE
+    state = json.loads(state_file.read_text())
+    del state["recipe"]
+    state_file.write_text(json.dumps(state))
+    with caplog.at_level("WARNING", logger="jointreg.training.run_folder"):
+        summary = train(tiny_recipe("evaluation.enabled=false", name="old"), run_dir=stopped["run"], resume=True)
+    assert summary["status"] == "finished" and "written before checkpoints recorded their recipe" in caplog.text
+
+
+@pytest.mark.slow
+def test_stale_temporaries_are_removed_on_resume_and_at_the_end(tiny_recipe, monkeypatch):
+    import jointreg.training.loop as loop
+
+    stopped = train(tiny_recipe("evaluation.enabled=false", name="tmp"), stop_after=2)
+    run = Path(stopped["run"])
+    killed = run / "checkpoints" / ".tmp-0123456789ab-last"
+    killed.mkdir()
+    (killed / "tensors.safetensors").write_bytes(b"half")
+    (run / ".tmp-0123456789ab-summary.json").write_text("{")
+    seen = {}
+    real = loop.registration_step
+
+    def watching(*args, step=0, **kwargs):
+        if step == 2:  # the first step after the resume: the leftovers are already gone
+            seen["at_resume"] = sorted(p.name for p in run.rglob(".tmp-*"))
+        if step == 12:  # a leftover of a write killed late in the run ...
+            (run / "export").mkdir(exist_ok=True)
+            (run / "export" / ".tmp-0123456789ab-segmentor").mkdir()
+        return real(*args, step=step, **kwargs)
+
+    monkeypatch.setattr(loop, "registration_step", watching)
+    train(tiny_recipe("evaluation.enabled=false", name="tmp"), run_dir=run, resume=True)
+    assert seen["at_resume"] == []
+    assert sorted(p.name for p in run.rglob(".tmp-*")) == []  # ... is gone when the run ends
+
+
+def test_a_checkpoint_left_aside_by_a_kill_is_put_back(tiny_recipe):
+    from jointreg.training.checkpoint import PREVIOUS
+
+    stopped = train(tiny_recipe("evaluation.enabled=false", name="aside"), stop_after=4)
+    run = Path(stopped["run"])
+    (run / "checkpoints" / "last").rename(run / "checkpoints" / f".tmp-0123456789ab-last{PREVIOUS}")
+    # Still a started run: the plain command refuses it ...
+    with pytest.raises(InputError, match="run folder already exists"):
+        train(tiny_recipe("evaluation.enabled=false", name="aside"))
+    # ... and --resume continues from the checkpoint that was aside.
+    summary = train(tiny_recipe("evaluation.enabled=false", name="aside"), run_dir=run, resume=True)
+    assert summary["steps"] == 14 and "at step 4 of 14" in (run / "train.log").read_text()
+    assert not list((run / "checkpoints").glob(".tmp-*"))
+
+
+def test_a_run_folder_in_use_is_refused(tiny_recipe):
+    from jointreg.training.run_folder import open_run_folder, run_paths
+
+    recipe = tiny_recipe(name="busy")
+    with open_run_folder(recipe, run_paths(recipe), resume=False, overwrite=False):
+        with pytest.raises(InputError, match=r"busy: in use by another 'jointreg train' \(pid \d+\)"):
+            train(recipe, overwrite=True)
+    assert sorted(p.name for p in run_paths(recipe).root.iterdir()) == [".lock", "recipe.yaml"]
+
+
+def test_a_folder_that_is_not_a_run_is_kept(tiny_recipe, tmp_path):
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    with pytest.raises(InputError, match="folder exists and is not a jointreg run folder"):
+        train(tiny_recipe(), run_dir=other)
+    assert (other / "notes.txt").read_text() == "keep"
 
 
 def test_resume_with_a_different_recipe_is_refused(tiny_recipe):
     stopped = train(tiny_recipe(name="r"), stop_after=2)
-    with pytest.raises(ConfigError, match=r"different recipe \(differs in: registration.lr\)"):
+    with pytest.raises(ConfigError, match=r"different recipe \(differs in: registration.lr: 0.001 → 0.5\)"):
         train(tiny_recipe("registration.lr=0.5", name="r"), run_dir=stopped["run"], resume=True)
 
 

@@ -1,10 +1,13 @@
-"""TensorBoard panels: shapes, value range, and what each tile column shows."""
+"""TensorBoard panels: shapes, value range, what each tile column shows, and the validation's
+segmentation panel (fixed slices, contours)."""
 
 import numpy as np
 import pytest
 import torch
 
-from jointreg.training.panels import grid_image, overlay, registration_panel, segmentation_panel
+from jointreg.data.slices import SlicedVolume
+from jointreg.metrics.montage import CLASS_COLOURS, MontageColumn, contour, render_montage
+from jointreg.training.panels import grid_image, overlay, panel_slices, registration_panel, segmentation_montage
 
 H, W = 16, 24
 RED = np.array([230, 25, 75]) / 255.0  # the colour of label 1
@@ -80,18 +83,41 @@ def test_registration_panel_without_label_and_identical_images():
     assert np.all(panel[:, 3 * W:4 * W] == 0.0)  # no difference: a black tile, no division by zero
 
 
-def test_segmentation_panel_columns():
-    image = torch.rand(1, 1, H, W, generator=torch.Generator().manual_seed(1))
-    prediction = torch.zeros(1, H, W, dtype=torch.long)
-    prediction[0, :4] = 1
-    target = torch.zeros(1, 1, H, W, dtype=torch.long)
-    target[0, 0, -4:] = 2
-    target[0, 0, :2] = 5  # ignore
-    panel = segmentation_panel(image, prediction, target, ignore_index=5)
-    assert panel.shape == (H, 3 * W, 3)
-    im = image[0, 0].numpy()
-    assert np.allclose(panel[:, :W], _grey(im))
-    assert np.allclose(panel[:, W:2 * W], overlay(im, prediction[0].numpy()))
-    assert np.allclose(panel[:, 2 * W:], overlay(im, target[0, 0].numpy(), ignore_index=5))
-    assert np.allclose(panel[:2, 2 * W:], _grey(im[:2]))  # the ignore rows stay grey
-    assert not np.allclose(panel[:4, W:2 * W], _grey(im[:4]))  # the predicted rows are coloured
+class _Threshold(torch.nn.Module):
+    """A "segmentor" predicting class 1 where the image is brighter than 0.5."""
+
+    def forward(self, x):
+        return torch.cat([torch.zeros_like(x), (x - 0.5) * 10.0], dim=1)
+
+
+def _volume(case, first, last, n=10, size=16):
+    images = np.zeros((n, size, size), np.float32)
+    labels = np.zeros((n, size, size), np.int16)
+    labels[first:last + 1, 4:10, 4:10] = 1
+    images[first:last + 1, 6:12, 4:10] = 1.0  # the bright region: the truth shifted by 2 rows
+    return SlicedVolume(case, 2, images, labels, (), None, None, (size, size, n))
+
+
+def test_panel_slices_are_fixed_by_the_labels_and_spread_over_volumes():
+    volumes = [_volume("a", 2, 6), _volume("b", 0, 9)]
+    # one slot per volume first (the middle of each labelled extent), then a second round
+    assert panel_slices(volumes, 2, ignore_index=2) == [(0, 4), (1, 4)]
+    assert panel_slices(volumes, 3, ignore_index=2) == [(0, 3), (1, 3), (0, 5)]
+    assert panel_slices(volumes, 0, ignore_index=2) == []
+
+
+def test_segmentation_montage_draws_the_truth_and_the_segmentors_argmax():
+    volumes = [_volume("a", 2, 6)]
+    slots = [(0, 3), (0, 8)]
+    picture = segmentation_montage(_Threshold(), volumes, slots, {"background": 0, "liver": 1}, tile=16)
+    predicted = [(volumes[0].images[s] > 0.5).astype(np.int64) for _, s in slots]
+    expected = render_montage(
+        [MontageColumn(volumes[0].images[s], volumes[0].labels[s], (p,), caption=f"a s{s}")
+         for (_, s), p in zip(slots, predicted)],
+        {"liver": 1}, rows=("prediction",), tile=16,
+    )
+    assert np.array_equal(picture, expected)
+    red = np.all(picture == CLASS_COLOURS[1], axis=-1)
+    red[-20:] = False  # the legend
+    ring = contour(np.ones((6, 6), bool)).sum()
+    assert red.sum() == 2 * ring  # slice 3: the truth's ring and the prediction's; slice 8: nothing

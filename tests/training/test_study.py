@@ -25,13 +25,22 @@ def test_study_runs_methods_writes_table_and_reuses_finished_runs(tiny_recipe, t
         "UNet": {"registration.enabled": False},
         "RUNet": {},
         "UNet*": {"registration.enabled": False, "data.labels": "full"},
-    }, baseline="UNet")
+    }, baseline="UNet", comparisons=[["RUNet", "UNet*"]])
     result = run_study(path, progress=False)
     assert [r["method"] for r in result["runs"]] == ["UNet", "RUNet", "UNet*"]
     text = (tmp_path / "study" / "study.md").read_text()
     for method in ("| UNet |", "| RUNet |", "| UNet* |"):
         assert method in text
     assert (tmp_path / "study" / "comparison" / "comparison.md").is_file()
+    # The extra comparison: RUNet against UNet*, with the mean paired Dice difference of the runs' reports.
+    from jointreg.metrics import read_per_case
+
+    dice = {r["method"]: {row.case: row.dice for row in read_per_case(r["run"] + "/evaluation")} for r in result["runs"]}
+    expected = sum(dice["RUNet"][c] - dice["UNet*"][c] for c in dice["RUNet"]) / len(dice["RUNet"])
+    assert "## RUNet vs UNet* (paired Wilcoxon over the test cases)" in text
+    row = next(line for line in text.splitlines() if line.startswith("| liver | dice |") and "UNet*" not in line)
+    assert row.split("|")[5].strip() == f"{expected:+.3f}"
+    assert (tmp_path / "study" / "comparison" / "runet_vs_unet-star" / "comparison.json").is_file()
     assert (tmp_path / "study" / "plots" / "liver" / "boxplot_dice.png").is_file()
 
     # A second call reuses every finished run: training must not be called again.
@@ -53,6 +62,15 @@ def test_bad_study_files(tiny_recipe, tmp_path):
         load_study(path)
     path = _write_study(tmp_path, tiny_recipe(), {"A": {}, "a": {}})
     with pytest.raises(ConfigError, match="same folder name"):
+        load_study(path)
+    path = _write_study(tmp_path, tiny_recipe(), {"A": {}, "B": {}}, comparisons=[["A", "C"]])
+    with pytest.raises(ConfigError, match="comparisons: 'C' is not one of the methods"):
+        load_study(path)
+    path = _write_study(tmp_path, tiny_recipe(), {"A": {}, "B": {}}, comparisons=[["A", "A"]])
+    with pytest.raises(ConfigError, match="compared with itself"):
+        load_study(path)
+    path = _write_study(tmp_path, tiny_recipe(), {"A": {}, "B": {}}, comparisons=[["A", "B", "C"]])
+    with pytest.raises(ConfigError, match="comparisons"):
         load_study(path)
 
 

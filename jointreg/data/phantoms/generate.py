@@ -57,7 +57,9 @@ def generate_phantom_dataset(
     from jointreg.utils.atomic import atomic_dir
 
     spec = phantom_kind(kind)
-    for name, value, low in (("n_train", n_train, 1), ("n_test", n_test, 0), ("seed", seed, 0)):
+    # Named as the user counts them: prepare says --cases / --test-cases, the demo --train-cases.
+    counts = (("the number of training cases", n_train, 1), ("the number of test cases", n_test, 0), ("the seed", seed, 0))
+    for name, value, low in counts:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
     keeps_fov = shape is None or spacing is None

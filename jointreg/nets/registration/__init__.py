@@ -26,6 +26,7 @@ from jointreg.nets.registration.registry import (
     create_registration_net,
     is_trainable,
     register,
+    registration_arguments,
 )
 
 _INFRASTRUCTURE = {"base", "integration", "output", "registry"}
@@ -47,4 +48,5 @@ __all__ = [
     "create_registration_net",
     "is_trainable",
     "register",
+    "registration_arguments",
 ]

@@ -11,7 +11,6 @@ Example (a new network is one file under ``jointreg/nets/registration/`` plus it
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +65,38 @@ def unregister(name: str) -> None:
     REGISTRATION_NETS.pop(name, None)
 
 
+def registration_arguments(name: str, arguments: Mapping[str, Any], where: str | None = None) -> dict[str, Any]:
+    """The constructor arguments of network ``name`` (``arguments`` plus the name's preset),
+    checked without building anything: a recipe is checked with this when it is loaded.
+
+    Args:
+        name: a registered name.
+        arguments: the given constructor arguments.
+        where: how to name the arguments in errors (default: the network name).
+
+    Raises:
+        ConfigError: unknown name, unknown argument (listing the valid ones), an argument that
+            contradicts the name (e.g. ``fmirnet-1`` with ``scales=3``), or a value no network
+            setting could have (NaN, infinite, absurdly large).
+    """
+    from jointreg.nets.arguments import check_names, check_values, named_parameters
+
+    entry = REGISTRATION_NETS.get(name)
+    if entry is None:
+        raise ConfigError(
+            f"unknown registration network {name!r}; valid names: {', '.join(sorted(REGISTRATION_NETS))}"
+        )
+    label = where or name
+    for key, value in entry.preset.items():
+        if key in arguments and arguments[key] != value:
+            prefix = f"{where}: " if where else ""
+            raise ConfigError(f"{prefix}{name} fixes {key}={value!r}; got {key}={arguments[key]!r} (choose another name)")
+    merged = {**arguments, **entry.preset}
+    check_names(merged, named_parameters(entry.cls), label)
+    check_values(merged, label)
+    return merged
+
+
 def create_registration_net(name: str, **kwargs: Any):
     """Build a registration network by registry name.
 
@@ -75,25 +106,17 @@ def create_registration_net(name: str, **kwargs: Any):
             saved ``net.config`` can be passed back as is.
 
     Raises:
-        ConfigError: unknown name, unknown argument, or an argument that contradicts the name
-            (e.g. ``fmirnet-1`` with ``scales=3``), or an invalid value.
+        ConfigError: as :func:`registration_arguments`, an invalid value, or arguments that
+            would build more than :data:`jointreg.nets.arguments.MAX_PARAMETERS` parameters
+            (counted before anything is allocated).
     """
-    entry = REGISTRATION_NETS.get(name)
-    if entry is None:
-        raise ConfigError(
-            f"unknown registration network {name!r}; valid names: {', '.join(sorted(REGISTRATION_NETS))}"
-        )
-    for key, value in entry.preset.items():
-        if key in kwargs and kwargs[key] != value:
-            raise ConfigError(f"{name} fixes {key}={value!r}; got {key}={kwargs[key]!r} (choose another name)")
-    arguments = {**kwargs, **entry.preset}
-    parameters = inspect.signature(entry.cls).parameters
-    unknown = sorted(set(arguments) - set(parameters))
-    if unknown:
-        raise ConfigError(
-            f"{name}: unknown argument(s) {', '.join(unknown)}; valid: {', '.join(parameters)}"
-        )
+    from jointreg.nets.arguments import build_bounded
+
+    arguments = registration_arguments(name, kwargs)
+    cls = REGISTRATION_NETS[name].cls
     try:
-        return entry.cls(**arguments)
+        return build_bounded(lambda: cls(**arguments), arguments, name)
     except (TypeError, ValueError) as error:
+        if isinstance(error, ConfigError):
+            raise
         raise ConfigError(f"{name}: {error}") from error
