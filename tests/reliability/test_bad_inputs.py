@@ -367,7 +367,8 @@ MODEL_ERRORS = {  # how the copied model folder is spoilt (returns the file name
     "config-huge-number": (_config(lambda c: json.dumps(c).replace('"format_version": 1', '"format_version": ' + "1" * 4400)),
                            "a number of more than 4300 digits", "export"),
     "config-not-an-object": (lambda ws, f: ws.text(f"{f.name}/config.json", "[1, 2]"), "not a jointreg model config", "export"),
-    "config-other-version": (_config(lambda c: c | {"format_version": 99}), "model format version 99 is not supported", "register"),
+    "config-other-version": (_config(lambda c: c | {"format_version": 99}), "model format version 99 is not supported",
+                             "register"),
     "config-unknown-kind": (_config(lambda c: c | {"kind": "classifier"}), "unknown model kind 'classifier'", "segment"),
     "config-unknown-architecture": (_config(lambda c: c | {"architecture": "nonet"}), "unknown registration network 'nonet'",
                                     "register"),
@@ -392,7 +393,8 @@ def _model_case(spoil, problem, command):
 
 
 DEVICES = {  # --device value -> the command given it
-    "cuda-x": ("cuda:x", "register"), "tpu": ("tpu", "segment"), "gpu": ("gpu", "pseudolabel"), "cuda-minus-1": ("cuda:-1", "segment"),
+    "cuda-x": ("cuda:x", "register"), "tpu": ("tpu", "segment"), "gpu": ("gpu", "pseudolabel"),
+    "cuda-minus-1": ("cuda:-1", "segment"),
 }
 
 
@@ -426,20 +428,23 @@ def _pseudolabel_truncated(ws):
     root = ws.dataset("sparse")
     label = ws.first(root, "labelsTr")
     ws.truncate(label)
-    return Case(_pseudolabel(ws, ws.run, root), (str(label), "truncated or corrupt"), ws.put_back(ws.first(ws.sparse, "labelsTr"), label))
+    return Case(_pseudolabel(ws, ws.run, root), (str(label), "truncated or corrupt"),
+                ws.put_back(ws.first(ws.sparse, "labelsTr"), label))
 
 
 def _without_segmentor(ws):
     run = ws.copy(ws.run)
     shutil.rmtree(run / "export" / "segmentor")
-    return Case(_pseudolabel(ws, run, ws.sparse), (str(run), "needs a segmentor"), then=_pseudolabel(ws, run, ws.sparse, "--mode", "registration"))
+    return Case(_pseudolabel(ws, run, ws.sparse), (str(run), "needs a segmentor"),
+                then=_pseudolabel(ws, run, ws.sparse, "--mode", "registration"))
 
 
 CASES.update({
     **{f"{command}-{name}": _model_case(spoil, problem, command) for name, (spoil, problem, command) in MODEL_ERRORS.items()},
     **{f"{command}-device-{name}": _device_case(device, command) for name, (device, command) in DEVICES.items()},
-    "register-given-a-segmentor": lambda ws: Case(_register(ws, ws.segmentor), (str(ws.segmentor), "is a segmentor model, expected a "
-                                                  "registration model"), then=_register(ws, ws.registration)),
+    "register-given-a-segmentor": lambda ws: Case(
+        _register(ws, ws.segmentor), (str(ws.segmentor), "is a segmentor model, expected a registration model"),
+        then=_register(ws, ws.registration)),
     "register-model-missing": lambda ws: Case(_register(ws, ws.tmp / "no"), (str(ws.tmp / "no"), "model folder not found")),
     "register-moving-missing": lambda ws: Case(_register(ws, ws.registration, moving=ws.tmp / "m.nii.gz"),
                                                (str(ws.tmp / "m.nii.gz"), "file not found")),
@@ -448,22 +453,28 @@ CASES.update({
     "register-fixed-is-text": lambda ws: Case(_register(ws, ws.registration, fixed=_scan(ws, b"text\n", "f.nii.gz")),
                                               (str(ws.tmp / "f.nii.gz"), "not gzip-compressed"),
                                               ws.put_back(ws.image, ws.tmp / "f.nii.gz")),
-    "register-fixed-is-garbage-nii": lambda ws: Case(_register(ws, ws.registration, fixed=ws.garbage(ws.tmp / "f.nii", compressed=False)),
-                                                     (str(ws.tmp / "f.nii"), "not a readable NIfTI file")),
-    "register-labels-shape": lambda ws: Case(_register(ws, ws.registration, "--labels", _filled(ws, ws.tmp / "l.nii.gz", (32, 32, 6), np.uint8)),
-                                             (str(ws.tmp / "l.nii.gz"), "label shape (32, 32, 6) differs")),
-    "register-slice-map-syntax": lambda ws: Case(_register(ws, ws.registration, "--slice-map", "3-x"), ("slice map entry '3-x'", "M:F"),
-                                                 then=_register(ws, ws.registration, "--slice-map", "3:4")),
+    "register-fixed-is-garbage-nii": lambda ws: Case(
+        _register(ws, ws.registration, fixed=ws.garbage(ws.tmp / "f.nii", compressed=False)),
+        (str(ws.tmp / "f.nii"), "not a readable NIfTI file")),
+    "register-labels-shape": lambda ws: Case(
+        _register(ws, ws.registration, "--labels", _filled(ws, ws.tmp / "l.nii.gz", (32, 32, 6), np.uint8)),
+        (str(ws.tmp / "l.nii.gz"), "label shape (32, 32, 6) differs")),
+    "register-slice-map-syntax": lambda ws: Case(
+        _register(ws, ws.registration, "--slice-map", "3-x"), ("slice map entry '3-x'", "M:F"),
+        then=_register(ws, ws.registration, "--slice-map", "3:4")),
     "register-slice-map-out-of-range": lambda ws: Case(_register(ws, ws.registration, "--slice-map", "99:0"),
                                                        ("slice map pair(s) [(99, 0)] out of range",)),
     "register-2d-image-without-axis": lambda ws: Case(
-        _register(ws, ws.registration, moving=ws.nifti("flat.nii.gz", np.zeros((32, 32), np.float32)), fixed=ws.tmp / "flat.nii.gz"),
+        _register(ws, ws.registration, moving=ws.nifti("flat.nii.gz", np.zeros((32, 32), np.float32)),
+                  fixed=ws.tmp / "flat.nii.gz"),
         (str(ws.tmp / "flat.nii.gz"), "give --axis 2")),
-    "segment-given-a-registration-model": lambda ws: Case(_segment(ws, ws.registration), (str(ws.registration), "is a registration "
-                                                          "model, expected a segmentor model"), then=_segment(ws, ws.segmentor)),
+    "segment-given-a-registration-model": lambda ws: Case(
+        _segment(ws, ws.registration), (str(ws.registration), "is a registration model, expected a segmentor model"),
+        then=_segment(ws, ws.segmentor)),
     "segment-run-without-export": lambda ws: Case(_segment(ws, ws.text("run/recipe.yaml").parent),
                                                   (str(ws.tmp / "run"), "no exported segmentor")),
-    "segment-input-missing": lambda ws: Case(_segment(ws, ws.segmentor, ws.tmp / "s.nii.gz"), (str(ws.tmp / "s.nii.gz"), "not found")),
+    "segment-input-missing": lambda ws: Case(_segment(ws, ws.segmentor, ws.tmp / "s.nii.gz"),
+                                             (str(ws.tmp / "s.nii.gz"), "not found")),
     "segment-input-text": lambda ws: _segment_scan(ws, _scan(ws, b"text\n"), "not gzip-compressed"),
     "segment-input-truncated": lambda ws: _segment_scan(ws, ws.truncate(_scan(ws)), "truncated or corrupt"),
     "segment-input-4d": lambda ws: _segment_scan(ws, _filled(ws, _scan(ws), (32, 32, 8, 3)), "expected a 3D volume"),
@@ -476,22 +487,27 @@ CASES.update({
                                                 (str(ws.tmp / "full" / "dataset.json"), "'channel_names' must be"),
                                                 ws.put_back(ws.full / "dataset.json", ws.tmp / "full" / "dataset.json")),
     "export-run-missing": lambda ws: Case(_export(ws, ws.tmp / "no"), (str(ws.tmp / "no"), "not found")),
-    "export-folder-without-models": lambda ws: Case(_export(ws, ws.text("r/notes.txt").parent), (str(ws.tmp / "r"), "neither a model folder")),
+    "export-folder-without-models": lambda ws: Case(_export(ws, ws.text("r/notes.txt").parent),
+                                                    (str(ws.tmp / "r"), "neither a model folder")),
     "export-size-negative": lambda ws: Case(_export(ws, ws.segmentor, "--size", "-32", "32"), ("export size", "got [-32, 32]"),
                                             then=_export(ws, ws.segmentor, "--size", "32", "32")),
     "export-size-zero": lambda ws: Case(_export(ws, ws.segmentor, "--size", "0", "32"), ("export size", "got [0, 32]")),
-    "pseudolabel-run-missing": lambda ws: Case(_pseudolabel(ws, ws.tmp / "no", ws.sparse), (str(ws.tmp / "no"), "run folder not found")),
+    "pseudolabel-run-missing": lambda ws: Case(_pseudolabel(ws, ws.tmp / "no", ws.sparse),
+                                               (str(ws.tmp / "no"), "run folder not found")),
     "pseudolabel-run-without-segmentor": _without_segmentor,
     "pseudolabel-dataset-missing": lambda ws: Case(_pseudolabel(ws, ws.run, ws.tmp / "no"), (str(ws.tmp / "no"), "not found")),
-    "pseudolabel-dataset-bad-json": lambda ws: _pseudolabel_on(ws, lambda s: _labels(s, ignore=2), ("two labels share the same id",)),
-    "pseudolabel-dataset-lacks-a-class": lambda ws: _pseudolabel_on(ws, lambda s: {**s, "labels": _without(s["labels"], "spleen")},
-                                                                    ("has no class 'spleen'",)),
+    "pseudolabel-dataset-bad-json": lambda ws: _pseudolabel_on(ws, lambda s: _labels(s, ignore=2),
+                                                               ("two labels share the same id",)),
+    "pseudolabel-dataset-lacks-a-class": lambda ws: _pseudolabel_on(
+        ws, lambda s: {**s, "labels": _without(s["labels"], "spleen")}, ("has no class 'spleen'",)),
     "pseudolabel-truncated-label": _pseudolabel_truncated,
-    "pseudolabel-workers-negative": lambda ws: Case(_pseudolabel(ws, ws.run, ws.sparse, "--workers", "-2"), ("workers", "got -2")),
+    "pseudolabel-workers-negative": lambda ws: Case(_pseudolabel(ws, ws.run, ws.sparse, "--workers", "-2"),
+                                                    ("workers must be an integer >= 1", "got -2")),
     "pseudolabel-source-slices-zero": lambda ws: Case(_pseudolabel(ws, ws.run, ws.sparse, "--source-slices", "0"),
                                                       ("source-slices", "got 0")),
-    "pseudolabel-verify-above-one": lambda ws: Case(_pseudolabel(ws, ws.run, ws.sparse, "--mode", "registration", "--verify", "1.5"),
-                                                    ("verify must be a fraction in [0, 1]", "got 1.5")),
+    "pseudolabel-verify-above-one": lambda ws: Case(
+        _pseudolabel(ws, ws.run, ws.sparse, "--mode", "registration", "--verify", "1.5"),
+        ("verify must be a fraction in [0, 1]", "got 1.5")),
 })
 
 
@@ -517,11 +533,13 @@ def _huge_prediction_id(ws):
 
 CASES.update({
     "evaluate-pred-missing": lambda ws: Case(_evaluate(ws, ws.tmp / "no"), (str(ws.tmp / "no"), "folder not found")),
-    "evaluate-gt-missing": lambda ws: Case(_evaluate(ws, ws.full / "labelsTr", ws.tmp / "no"), (str(ws.tmp / "no"), "folder not found")),
+    "evaluate-gt-missing": lambda ws: Case(_evaluate(ws, ws.full / "labelsTr", ws.tmp / "no"),
+                                           (str(ws.tmp / "no"), "folder not found")),
     "evaluate-pred-is-a-file": lambda ws: Case(_evaluate(ws, ws.label), (str(ws.label), "not a folder")),
     "evaluate-pred-empty-folder": lambda ws: Case(_evaluate(ws, ws.text("pred/notes.txt").parent),
                                                   (str(ws.tmp / "pred"), "holds no predicted label maps")),
-    "evaluate-pred-shape": lambda ws: _predictions(ws, lambda p: _filled(ws, p, (32, 32, 6), np.uint8), "shape (32, 32, 6) differs"),
+    "evaluate-pred-shape": lambda ws: _predictions(ws, lambda p: _filled(ws, p, (32, 32, 6), np.uint8),
+                                                   "shape (32, 32, 6) differs"),
     "evaluate-pred-truncated": lambda ws: _predictions(ws, ws.truncate, "truncated or corrupt"),
     "evaluate-pred-label-map-huge-id": _huge_prediction_id,
     "evaluate-unknown-class": lambda ws: Case(_evaluate(ws, ws.full / "labelsTr", None, "--classes", "pancreas"),
@@ -532,8 +550,8 @@ CASES.update({
     "evaluate-montage-negative": lambda ws: Case(_evaluate(ws, ws.full / "labelsTr", None, "--montage-slices", "-3"),
                                                  ("--montage-slices must be at least 0", "got -3")),
     "evaluate-labels-json-broken": lambda ws: Case(
-        _evaluate(ws, ws.full / "labelsTr", None, "--labels", ws.text("l.json", json.dumps({"labels": {"background": 0, "liver": "x"},
-                                                                                            "channel_names": {"0": "CT"}}))),
+        _evaluate(ws, ws.full / "labelsTr", None, "--labels", ws.text("l.json", json.dumps(
+            {"labels": {"background": 0, "liver": "x"}, "channel_names": {"0": "CT"}}))),
         (str(ws.tmp / "l.json"), "non-integer id 'x'")),
     "evaluate-compare-missing-report": lambda ws: Case(["evaluate", "--compare", ws.tmp / "a", ws.tmp / "b", "--out", ws.out()],
                                                        (str(ws.tmp / "a"), "not found")),
