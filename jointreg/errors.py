@@ -36,6 +36,11 @@ class InputError(JointregError):
         self.problem = one_line(problem)
         super().__init__(self.problem if path is None else f"{path}: {self.problem}")
 
+    def __reduce__(self):
+        # Rebuilt from (path, problem), not from the message: an error raised in a worker
+        # process must cross back to the parent (pickle calls the class with these arguments).
+        return type(self), (self.path, self.problem)
+
 
 class ConfigError(JointregError):
     """A recipe or option that cannot be used as given."""

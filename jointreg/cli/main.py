@@ -35,8 +35,16 @@ def _command_modules() -> list[ModuleType]:
     return sorted(modules, key=lambda m: (getattr(m, "ORDER", 100), m.NAME))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's one-line errors: ``jointreg CMD: error: ...`` and exit code 2,
+    without the usage block (``--help`` shows it). Subcommand parsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="jointreg",
         description=_DESCRIPTION,
         epilog=_EPILOG,

@@ -14,7 +14,13 @@ naming the file, or a stated conversion):
   intensity per voxel to read, or nothing says how the bytes are meant);
 * a zero, NaN or infinite voxel spacing (``pixdim``, or an sform column): refused (nibabel
   silently reads a zero ``pixdim`` as 1 mm, which would put every distance in mm off);
-* more than :data:`MAX_VOXELS` voxels in the header: refused before anything is allocated;
+* more than :data:`MAX_VOXELS` voxels in the header, or a ``vox_offset`` that is not a byte
+  position: refused before anything is allocated;
+* header fields nibabel repairs on loading (a negative ``pixdim``, an unknown ``sform_code``,
+  ...): read as nibabel repairs them, without its log lines that name no file;
+  :func:`header_fixes` lists them (``jointreg validate`` warns);
+* a file longer than its header declares (a damaged ``dim``, ``datatype`` or ``vox_offset``,
+  which every reader silently misreads): :func:`trailing_bytes` (``jointreg validate`` refuses);
 * an intensity scaling (``scl_slope``/``scl_inter``): applied to images as nibabel, ITK and
   nnU-Net apply it, and recorded in :attr:`Volume.scaling` (``jointreg validate`` reports it);
   refused for label maps, whose values are ids, not measurements; infinite values are refused;
@@ -165,17 +171,23 @@ def _check_stored_header(path: Path, header: nib.Nifti1Header) -> None:
     slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
     if math.isinf(slope) or (slope != 0 and math.isfinite(slope) and math.isinf(inter)):
         raise InputError(path, f"invalid intensity scaling (scl_slope {slope:g}, scl_inter {inter:g})")
+    # Where the voxels start; nibabel turns it into a C integer (and overflows on inf or 1e38).
+    offset = float(header["vox_offset"])
+    if not (math.isfinite(offset) and 0 <= offset < 2**62):
+        raise InputError(path, f"invalid vox_offset {offset:g} (the byte where the voxel data starts)")
 
 
 @contextmanager
 def _quiet_nibabel() -> Iterator[None]:
-    """Silence nibabel's log of the header fixes it makes on loading: lines on stderr that name
-    no file (twice: its own handler and the root logger's). :func:`header_fixes` says them
-    instead, with the file, for ``jointreg validate``."""
+    """Silence what nibabel prints while loading a damaged header, lines on stderr that name no
+    file: its log of the header fixes it makes (twice: its own handler and the root logger's;
+    :func:`header_fixes` says them instead, with the file, for ``jointreg validate``) and numpy's
+    warnings on NaN quaternions or zero spacings (the affine checks after loading refuse those)."""
     logger = nib.imageglobals.logger
     disabled, logger.disabled = logger.disabled, True
     try:
-        yield
+        with np.errstate(all="ignore"):
+            yield
     finally:
         logger.disabled = disabled
 
@@ -222,7 +234,7 @@ def _load(path: Path, ndim: int | None) -> tuple[nib.Nifti1Image, np.ndarray, tu
         raise InputError(path, f"invalid NIfTI header ({exc})") from None
     except MemoryError:
         raise InputError(path, "not enough memory to read the voxel data") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, OverflowError) as exc:  # OverflowError: a header value beyond C's integers
         raise InputError(path, f"cannot read NIfTI data ({exc})") from None
     if raw.dtype.fields is not None or raw.dtype.kind not in "biuf":
         raise InputError(path, f"voxel data of type {raw.dtype} cannot be read as intensities")
@@ -359,8 +371,8 @@ def write_volume(
 
 
 def trailing_bytes(volume: Volume) -> int:
-    """Bytes of the file ``volume`` was read from after the voxel data its header declares (0 when the file ends
-    where its data ends, as every writer makes it).
+    """Bytes of the file ``volume`` was read from after the voxel data its header declares (0
+    when the file ends where its data ends, as every writer makes it).
 
     More means that the header does not describe the file: a damaged ``dim``, ``datatype`` or
     ``vox_offset`` makes nibabel (and any reader) take a part of the data for all of it, without

@@ -96,7 +96,8 @@ def load_yaml(text: str, *, max_nodes: int = MAX_NODES, max_depth: int = MAX_DEP
 
     Raises:
         YamlDocumentError: invalid YAML (with its line), more than ``max_nodes`` nodes after
-            alias expansion, nesting deeper than ``max_depth``, or an alias inside itself.
+            alias expansion, nesting deeper than ``max_depth``, an alias inside itself, or a
+            string holding a lone surrogate (``"\\ud800"``).
     """
     import yaml
 
@@ -149,6 +150,17 @@ def _bounded_loader(max_depth: int) -> type:
     return BoundedSafeLoader
 
 
+def _check_unicode(node: Any) -> None:
+    """A ``"\\ud800"`` escape is a lone surrogate, which no UTF-8 text can hold: a run folder
+    named with it, or a recipe.yaml written with it, would fail much later with a traceback."""
+    try:
+        node.value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(node.value[exc.start])
+        raise YamlDocumentError(f"invalid YAML at line {node.start_mark.line + 1} (\\u{code:04x} is a lone surrogate, "
+                                "not a character)") from None
+
+
 def _check_expansion(root: Any, max_nodes: int, max_depth: int) -> None:
     """Raise when ``root`` expands to more than ``max_nodes`` nodes (aliases counted in full)."""
     import yaml
@@ -165,6 +177,8 @@ def _check_expansion(root: Any, max_nodes: int, max_depth: int) -> None:
         if depth > max_depth:
             raise YamlDocumentError(f"YAML nested too deeply (more than {max_depth} levels)")
         total = 1
+        if isinstance(node, yaml.ScalarNode):
+            _check_unicode(node)
         if isinstance(node, (yaml.SequenceNode, yaml.MappingNode)):
             open_nodes.add(key)
             children = node.value if isinstance(node, yaml.SequenceNode) else [n for pair in node.value for n in pair]

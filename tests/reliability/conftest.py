@@ -156,3 +156,23 @@ class Workspace:
 @pytest.fixture
 def ws(valid_inputs, tmp_path) -> Workspace:
     return Workspace(valid_inputs, tmp_path)
+
+
+@pytest.fixture
+def cli_error(capsys):
+    """``cli_error(argv, command)``: run the CLI in-process, assert exit 2 and exactly one stderr
+    line ``jointreg COMMAND: error: ...`` without a traceback, and return the text after the prefix."""
+    from jointreg.cli.main import main
+
+    def run(argv, command):
+        code = main(argv)
+        captured = capsys.readouterr()
+        assert code == 2, captured
+        assert "Traceback" not in captured.err + captured.out
+        lines = captured.err.strip().splitlines()
+        assert len(lines) == 1, lines
+        prefix = f"jointreg {command}: error: "
+        assert lines[0].startswith(prefix), lines
+        return lines[0][len(prefix):]
+
+    return run

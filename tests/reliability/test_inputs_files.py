@@ -16,19 +16,6 @@ from jointreg.cli.main import main
 from jointreg.data.dataset import Dataset
 
 
-def one_line_error(capsys, argv, command):
-    """Run the CLI; assert exit 2 and a single stderr line without traceback; return that line."""
-    code = main(argv)
-    captured = capsys.readouterr()
-    assert code == 2, captured
-    assert "Traceback" not in captured.err + captured.out
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1, lines
-    prefix = f"jointreg {command}: error: "
-    assert lines[0].startswith(prefix), lines
-    return lines[0][len(prefix):]
-
-
 def _patch(path, fmt, offset, value):
     block = bytearray(gzip.decompress(path.read_bytes()))
     struct.pack_into(fmt, block, offset, value)
@@ -64,7 +51,7 @@ def _huge_dims(path, affine):
 
 
 @pytest.mark.parametrize("damage", [_rgb, _complex, _unknown_code, _zero_spacing, _huge_dims], ids=lambda f: f.__name__[1:])
-def test_validate_reports_unusual_images_in_one_line(make_dataset, capsys, damage):
+def test_validate_reports_unusual_images_in_one_line(make_dataset, capsys, cli_error, damage):
     root = make_dataset(n_cases=2, shape=(16, 16, 4))
     path = Dataset.open(root).image_path("case001")
     message = damage(path, nib.load(path).affine)
@@ -76,7 +63,7 @@ def test_validate_reports_unusual_images_in_one_line(make_dataset, capsys, damag
     assert "1 problem(s)" in captured.out
 
 
-def test_validate_states_the_scaling_it_applies(make_dataset, capsys):
+def test_validate_states_the_scaling_it_applies(make_dataset, capsys, cli_error):
     root = make_dataset(n_cases=2, shape=(16, 16, 4))
     path = Dataset.open(root).image_path("case000")
     source = nib.load(path)
@@ -100,7 +87,7 @@ def test_validate_states_the_scaling_it_applies(make_dataset, capsys):
     ],
     ids=["oversized", "nested", "huge-id", "negative-id"],
 )
-def test_bad_dataset_json_is_one_line(make_dataset, capsys, content, message):
+def test_bad_dataset_json_is_one_line(make_dataset, capsys, cli_error, content, message):
     root = make_dataset(n_cases=1, shape=(16, 16, 4))
     spec_path = root / "dataset.json"
     made = content(json.loads(spec_path.read_text()))
@@ -123,28 +110,28 @@ def segmentor_folder(tmp_path):
                              preprocessing={"size": [32, 32]}, labels={"background": 0, "organ": 1}, modality="CT")
 
 
-def test_segment_with_a_model_config_asking_for_a_huge_network(segmentor_folder, make_dataset, tmp_path, capsys):
+def test_segment_with_a_model_config_asking_for_a_huge_network(segmentor_folder, make_dataset, tmp_path, capsys, cli_error):
     config = json.loads((segmentor_folder / "config.json").read_text())
     config["arguments"]["features"] = [4, 8, 8, 8, 50_000]
     config["arguments"]["head_channels"] = 50_000
     (segmentor_folder / "config.json").write_text(json.dumps(config))
     root = make_dataset(n_cases=1, shape=(16, 16, 4))
-    problem = one_line_error(capsys, ["segment", "--model", str(segmentor_folder), str(root / "imagesTr"),
+    problem = cli_error(["segment", "--model", str(segmentor_folder), str(root / "imagesTr"),
                                       "--out", str(tmp_path / "seg_out"), "--no-progress"], "segment")
     assert problem.startswith(f"{segmentor_folder / 'config.json'}: segmentor fcn: these arguments build a network of ")
     assert problem.endswith("the largest value is in head_channels (50,000)")
 
 
-def test_segment_refuses_a_complex_image(segmentor_folder, tmp_path, capsys):
+def test_segment_refuses_a_complex_image(segmentor_folder, tmp_path, capsys, cli_error):
     image = tmp_path / "complex.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((16, 16, 4), np.complex64), np.eye(4)), image)
-    problem = one_line_error(capsys, ["segment", "--model", str(segmentor_folder), str(image),
+    problem = cli_error(["segment", "--model", str(segmentor_folder), str(image),
                                       "--out", str(tmp_path / "seg_out"), "--no-progress"], "segment")
     assert problem.startswith(f"{image}: complex-valued data (complex64, datatype 32) is not supported")
 
 
-def test_export_size_is_bounded(segmentor_folder, tmp_path, capsys):
-    problem = one_line_error(capsys, ["export", str(segmentor_folder), "--format", "torchscript",
+def test_export_size_is_bounded(segmentor_folder, tmp_path, capsys, cli_error):
+    problem = cli_error(["export", str(segmentor_folder), "--format", "torchscript",
                                       "--size", "100000", "100000", "--out", str(tmp_path / "ts")], "export")
     assert problem == (
         "export size 100000 x 100000 x 1 channel(s) is 10,000,000,000 input voxels, more than 4,194,304 "
@@ -154,6 +141,6 @@ def test_export_size_is_bounded(segmentor_folder, tmp_path, capsys):
     config = json.loads((segmentor_folder / "config.json").read_text())
     config["preprocessing"]["size"] = [50_000, 50_000]
     (segmentor_folder / "config.json").write_text(json.dumps(config))
-    problem = one_line_error(capsys, ["export", str(segmentor_folder), "--format", "torchscript",
+    problem = cli_error(["export", str(segmentor_folder), "--format", "torchscript",
                                       "--out", str(tmp_path / "ts")], "export")
     assert problem.startswith(f"{segmentor_folder / 'config.json'}: preprocessing.size: export size 50000 x 50000")

@@ -4,24 +4,10 @@ and the key, exit code 2, no traceback, and nothing written."""
 
 import pytest
 
-from jointreg.cli.main import main
 
 BOMB = "\n".join(
     ["a0: &a0 [lol]"] + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
 ) + "\n"
-
-
-def one_line_error(capsys, argv, command):
-    """Run the CLI; assert exit 2 and a single stderr line without traceback; return that line."""
-    code = main(argv)
-    captured = capsys.readouterr()
-    assert code == 2, captured
-    assert "Traceback" not in captured.err + captured.out
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1, lines
-    prefix = f"jointreg {command}: error: "
-    assert lines[0].startswith(prefix), lines
-    return lines[0][len(prefix):]
 
 
 @pytest.mark.parametrize(
@@ -40,36 +26,36 @@ def one_line_error(capsys, argv, command):
     ],
     ids=["alias-bomb", "smp-typo", "fcn-typo", "registration-typo", "nan-lr", "inf-lr", "inf-weight"],
 )
-def test_train_refuses_the_recipe_before_any_work(tmp_path, monkeypatch, capsys, text, message):
+def test_train_refuses_the_recipe_before_any_work(tmp_path, monkeypatch, capsys, cli_error, text, message):
     monkeypatch.chdir(tmp_path)
     recipe = tmp_path / "received.yaml"
     recipe.write_text(text)
-    problem = one_line_error(capsys, ["train", str(recipe), "--no-progress"], "train")
+    problem = cli_error(["train", str(recipe), "--no-progress"], "train")
     assert problem.startswith(f"{recipe}: {message}"), problem
     assert sorted(p.name for p in tmp_path.iterdir()) == ["received.yaml"]
 
 
-def test_train_refuses_non_finite_overrides(tmp_path, monkeypatch, capsys):
+def test_train_refuses_non_finite_overrides(tmp_path, monkeypatch, capsys, cli_error):
     monkeypatch.chdir(tmp_path)
     recipe = tmp_path / "ok.yaml"
     recipe.write_text("name: ok\n")
-    problem = one_line_error(capsys, ["train", str(recipe), "--set", "registration.lr=nan"], "train")
+    problem = cli_error(["train", str(recipe), "--set", "registration.lr=nan"], "train")
     assert problem == f"{recipe}: registration.lr: expected a finite number, got 'nan'"
-    problem = one_line_error(capsys, ["train", str(recipe), "--set", "registration.arguments.featurs=[4, 8]"], "train")
+    problem = cli_error(["train", str(recipe), "--set", "registration.arguments.featurs=[4, 8]"], "train")
     assert problem.startswith(f"{recipe}: registration.arguments: unknown argument(s) featurs; valid: ")
 
 
-def test_study_refuses_an_alias_bomb_and_bad_method_arguments(tmp_path, monkeypatch, capsys):
+def test_study_refuses_an_alias_bomb_and_bad_method_arguments(tmp_path, monkeypatch, capsys, cli_error):
     monkeypatch.chdir(tmp_path)
     study = tmp_path / "study.yaml"
     study.write_text(BOMB + "name: *a8\n")
-    problem = one_line_error(capsys, ["study", str(study), "--no-progress"], "study")
+    problem = cli_error(["study", str(study), "--no-progress"], "study")
     assert problem.startswith(f"{study}: the YAML document expands to more than 100,000 values")
     (tmp_path / "base.yaml").write_text("name: base\nsegmentation: {architecture: fcn}\n")
     study.write_text(
         "name: s\nbase: base.yaml\noutput: out\nseeds: [0]\nfolds: {count: 0}\n"
         "methods:\n  A: {segmentation.arguments: {dropuot: 0.1}}\n"
     )
-    problem = one_line_error(capsys, ["study", str(study), "--no-progress"], "study")
+    problem = cli_error(["study", str(study), "--no-progress"], "study")
     assert "method 'A'" in problem and "segmentation.arguments: unknown argument(s) dropuot" in problem, problem
     assert not (tmp_path / "out").exists()
