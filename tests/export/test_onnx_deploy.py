@@ -241,14 +241,23 @@ def trained_weights():
             sliced = slice_volume(Volume(image, affine), Volume(labels, affine), case["spec"], modality=case["modality"],
                                   ignore_label=None, case="train")
             batches.append((torch.from_numpy(sliced.images).unsqueeze(1), torch.from_numpy(sliced.labels).long()))
-    net = _fcn().train()
-    optimiser = torch.optim.Adam(net.parameters(), lr=0.02)
-    weights = torch.tensor([1.0, 2.0, 6.0])  # the small organs count more
-    for step in range(150):
-        images, labels = batches[step % len(batches)]
-        optimiser.zero_grad()
-        torch.nn.functional.cross_entropy(net(images), labels, weight=weights).backward()
-        optimiser.step()
+    # A fixed seed and one thread: the weights (and so whether the distractor is marked) must not
+    # depend on the tests that ran before or on the machine's thread count.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            net = _fcn().train()
+            optimiser = torch.optim.Adam(net.parameters(), lr=0.02)
+            weights = torch.tensor([1.0, 2.0, 6.0])  # the small organs count more
+            for step in range(150):
+                images, labels = batches[step % len(batches)]
+                optimiser.zero_grad()
+                torch.nn.functional.cross_entropy(net(images), labels, weight=weights).backward()
+                optimiser.step()
+    finally:
+        torch.set_num_threads(threads)
     return net.eval().state_dict()
 
 

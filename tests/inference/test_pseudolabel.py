@@ -200,7 +200,7 @@ def test_a_killed_run_resumes_to_the_same_files(identity_run, sparse_phantom_fac
 def test_parallel_workers_give_the_serial_result(identity_run, sparse_phantom_factory, tmp_path):
     sparse = Dataset.open(sparse_phantom_factory(4, seed=6))
     run = identity_run(sparse.spec.class_labels)
-    settings = PseudolabelSettings(mode="registration")
+    settings = PseudolabelSettings(mode="registration", refine=5)  # refinement in the workers, kept short
     serial = pseudolabel_dataset(run, sparse.root, tmp_path / "serial", settings=settings, workers=1, progress=False)
     parallel = pseudolabel_dataset(run, sparse.root, tmp_path / "parallel", settings=settings, workers=3, progress=False)
     assert serial["methods"] == parallel["methods"] == {"registration": 4}

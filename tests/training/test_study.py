@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import yaml
 
@@ -91,7 +93,10 @@ def test_shipped_studies_resolve_every_method():
         assert by_method["RUNet"].mode == "joint"
         assert by_method["VUNet"].registration.architecture == "voxelmorph"
         assert by_method["IUNet"].registration.architecture == "identity"
-        assert by_method["IUNet"].propagation == by_method["RUNet"].propagation  # same labelling rules
+        # Same labelling rules; the identity baseline does not refine (that is IUNet-refine's job).
+        assert by_method["IUNet"].propagation.refine == 0
+        assert dataclasses.replace(by_method["IUNet"].propagation, refine=by_method["RUNet"].propagation.refine) \
+            == by_method["RUNet"].propagation
         assert by_method["UNet*"].data.labels == "full"
 
 
