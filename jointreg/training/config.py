@@ -10,7 +10,6 @@ studies in ``recipes/study_*.yaml``).
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field, replace
 from os import PathLike
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from jointreg.errors import ConfigError, InputError
+from jointreg.training.config_checks import _non_negative, _positive, check_network_arguments
 from jointreg.training.recipe_migration import move_propagation_keys
 from jointreg.utils.typed import apply_overrides, from_mapping, to_mapping
 
@@ -387,35 +387,6 @@ class Recipe:
 
     def replace(self, **changes: Any) -> Recipe:
         return replace(self, **changes)
-
-
-def _positive(section: str, **values: float) -> None:
-    for name, value in values.items():
-        if not (math.isfinite(value) and value > 0):
-            raise ConfigError(f"{section}.{name}: must be > 0 and finite, got {value}")
-
-
-def _non_negative(section: str, **values: float) -> None:
-    for name, value in values.items():
-        if not (math.isfinite(value) and value >= 0):
-            raise ConfigError(f"{section}.{name}: must be >= 0 and finite, got {value}")
-
-
-def check_network_arguments(recipe: Recipe) -> None:
-    """Check ``registration.arguments`` / ``segmentation.arguments`` against the constructors
-    of the enabled networks (names, finite values) before any data is read.
-
-    Raises:
-        ConfigError: an unknown architecture or argument (listing the valid ones), a bad value.
-    """
-    if recipe.registration.enabled:
-        from jointreg.nets.registration import registration_arguments
-
-        registration_arguments(recipe.registration.architecture, recipe.registration.arguments, "registration.arguments")
-    if recipe.segmentation.enabled:
-        from jointreg.nets.segmentation import segmentor_arguments
-
-        segmentor_arguments(recipe.segmentation.architecture, recipe.segmentation.arguments, "segmentation.arguments")
 
 
 def recipe_from_dict(data: Any, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:

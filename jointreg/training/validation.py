@@ -141,7 +141,7 @@ def isolated_rng(device: torch.device | None = None) -> Iterator[None]:
     draws while it is scored (a sampling network, dropout left on) cannot change the draws of
     the training steps that follow.
     """
-    devices = [device] if device is not None and device.type == "cuda" else []
+    devices = [device] if device is not None and device.type == "cuda" else []  # device-ok: the CUDA generator to fork
     numpy_state, python_state = np.random.get_state(), random.getstate()
     try:
         with torch.random.fork_rng(devices=devices):
