@@ -9,9 +9,9 @@ never modified: a test copies what it spoils into its own ``tmp_path`` (:class:`
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,17 +38,19 @@ TINY_RECIPE = {
 }
 
 
-def _kill_bulk():
-    spec = importlib.util.spec_from_file_location("kill_bulk_for_bad_inputs", REPO / "benchmarks" / "kill_bulk.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+# The benchmark scripts the trials share (benchmarks/kill_*.py) and the helpers of this folder
+# (_unprivileged.py) are imported by name: `from benchmarks import kill_bulk`, `import _unprivileged`.
+for _path in (str(REPO), str(Path(__file__).resolve().parent)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 
 @pytest.fixture(scope="session")
 def valid_inputs(tmp_path_factory) -> dict[str, Path]:
     """``{"full", "sparse", "run"}`` (see the module docstring); read-only by convention."""
-    return _kill_bulk().build_inputs(tmp_path_factory.mktemp("valid_inputs"), cases=2, shape=(32, 32, 8))
+    from benchmarks import kill_bulk
+
+    return kill_bulk.build_inputs(tmp_path_factory.mktemp("valid_inputs"), cases=2, shape=(32, 32, 8))
 
 
 class Workspace:

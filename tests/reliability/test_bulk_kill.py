@@ -8,19 +8,15 @@ uninterrupted run; no ``.tmp-`` entry may be left.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _benchmark():
-    spec = importlib.util.spec_from_file_location("kill_bulk_for_test", REPO / "benchmarks" / "kill_bulk.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks import kill_bulk
+
+    return kill_bulk
 
 
 @pytest.fixture(scope="module")

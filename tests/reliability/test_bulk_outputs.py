@@ -9,7 +9,6 @@ once its input is corrected, finishes the job with exactly the files of an unint
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -18,17 +17,11 @@ import pytest
 
 from jointreg.cli.main import main
 
-REPO = Path(__file__).resolve().parents[2]
 
 
-def _load(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-kill_bulk = _load(REPO / "benchmarks" / "kill_bulk.py", "kill_bulk_for_bulk_outputs")
+from benchmarks import kill_bulk  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ unprivileged user (``_unprivileged.py``): root would write into a read-only fold
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -18,18 +17,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-HERE = Path(__file__).resolve().parent
 
 
-def _load(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-unprivileged = _load(HERE / "_unprivileged.py", "_unprivileged_for_outputs")
-kill_bulk = _load(REPO / "benchmarks" / "kill_bulk.py", "kill_bulk_for_outputs")
+import _unprivileged as unprivileged  # noqa: E402  (on sys.path by conftest.py)
+from benchmarks import kill_bulk  # noqa: E402
 
 COMMANDS = ("train", "segment", "pseudolabel", "register", "evaluate", "export", "sparsify", "prepare", "study", "demo")
 PROBLEMS = {

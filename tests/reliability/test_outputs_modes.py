@@ -22,19 +22,13 @@ import pytest
 from jointreg.cli.main import main
 
 REPO = Path(__file__).resolve().parents[2]
-HERE = Path(__file__).resolve().parent
 UMASK = 0o027
 
 
-def _load(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-unprivileged = _load(HERE / "_unprivileged.py", "_unprivileged_for_modes")
-kill_bulk = _load(REPO / "benchmarks" / "kill_bulk.py", "kill_bulk_for_modes")
+import _unprivileged as unprivileged  # noqa: E402  (on sys.path by conftest.py)
+from benchmarks import kill_bulk  # noqa: E402
 
 
 def _modes(root: Path, *, sources: list[Path] = ()) -> dict[str, int]:

@@ -3,20 +3,16 @@ uninterrupted run, tensor by tensor (the protocol of benchmarks/kill_train.py, t
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _benchmark():
-    spec = importlib.util.spec_from_file_location("kill_train_bench", REPO / "benchmarks" / "kill_train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks import kill_train
+
+    return kill_train
 
 
 @pytest.mark.slow
