@@ -131,3 +131,38 @@ def read_only_folder(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o555)  # owned by the runner: root, or the (unprivileged) user itself
     return path
+
+
+# One unprivileged child runs every command in turn (one interpreter start, not one per case).
+_CLI_DRIVER = """
+import contextlib, io, json, sys
+from jointreg.cli.main import main
+results = {}
+for name, argv in json.loads(sys.argv[1]).items():
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+        except BaseException:
+            import traceback
+            traceback.print_exc(file=err)
+            code = 1
+    results[name] = [code, err.getvalue()]
+print(json.dumps(results))
+"""
+
+
+def run_cli_unprivileged(cases: dict[str, list[str]], *, cwd: Path, repo: Path, timeout: float = 300) -> dict[str, tuple[int, str]]:
+    """Run ``jointreg`` in-process for each ``{name: argv}`` as the unprivileged user.
+
+    Returns:
+        ``{name: (exit code, stderr)}``; a traceback is in stderr with exit code 1.
+    """
+    import json
+
+    done = run_unprivileged([sys.executable, "-c", _CLI_DRIVER, json.dumps(cases)], cwd=cwd,
+                            env={"PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    return {name: (code, err) for name, (code, err) in json.loads(done.stdout.strip().splitlines()[-1]).items()}

@@ -10,8 +10,6 @@ unprivileged user (``_unprivileged.py``): root would write into a read-only fold
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -113,25 +111,6 @@ def test_an_impossible_output_is_one_line(command, problem, workspace, capsys, m
     assert (root / "afile").read_text(encoding="utf-8") == "not a folder\n"
 
 
-# One unprivileged child runs every command in turn (one interpreter start, not ten).
-DRIVER = """
-import contextlib, io, json, sys
-from jointreg.cli.main import main
-results = {}
-for name, argv in json.loads(sys.argv[1]).items():
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            code = main(argv)
-        except SystemExit as exc:
-            code = exc.code
-        except BaseException as exc:
-            import traceback
-            traceback.print_exc(file=err)
-            code = 1
-    results[name] = [code, err.getvalue()]
-print(json.dumps(results))
-"""
 
 
 # Commands that write into an existing output folder (the others build theirs beside it and
@@ -146,12 +125,7 @@ def test_a_read_only_location_is_one_line_for_every_command(workspace):
     out = _bad_output("read_only_parent", root)
     argvs = {command: _argv(command, out, workspace) for command in COMMANDS}
     argvs |= {f"{command} into": _argv(command, root / "read_only", workspace) for command in INTO_EXISTING}
-    done = unprivileged.run_unprivileged(
-        [sys.executable, "-c", DRIVER, json.dumps(argvs)], cwd=workspace["home"],
-        env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    results = json.loads(done.stdout.strip().splitlines()[-1])
+    results = unprivileged.run_cli_unprivileged(argvs, cwd=workspace["home"], repo=REPO)
     for command in COMMANDS:
         code, stderr = results[command]
         _check(command, "read_only_parent", out, code, stderr)

@@ -10,11 +10,9 @@ unprivileged user (``_unprivileged.py``): root reads every file.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
 import stat
-import sys
 from pathlib import Path
 
 import pytest
@@ -85,23 +83,6 @@ def test_every_output_follows_the_umask(group, tmp_path, capsys):
         assert any(p.endswith(".pt") for p in modes)
 
 
-# One unprivileged child runs every case (one interpreter start).
-DRIVER = """
-import contextlib, io, json, sys
-from jointreg.cli.main import main
-results = {}
-for name, argv in json.loads(sys.argv[1]).items():
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            code = main(argv)
-        except BaseException:
-            import traceback
-            traceback.print_exc(file=err)
-            code = 1
-    results[name] = [code, err.getvalue()]
-print(json.dumps(results))
-"""
 
 
 @pytest.mark.slow
@@ -130,12 +111,7 @@ def test_an_unreadable_model_says_permission_denied():
             cases[f"register {problem}"] = ["register", "--model", str(run / "export" / "registration"), str(images[0]),
                                             str(images[1]), "--out", str(home / f"r_{problem}"), "--device", "cpu"]
             cases[f"export {problem}"] = ["export", str(run), "--format", "torchscript", "--out", str(home / f"e_{problem}")]
-        done = unprivileged.run_unprivileged(
-            [sys.executable, "-c", DRIVER, json.dumps(cases)], cwd=home,
-            env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}, timeout=300,
-        )
-        assert done.returncode == 0, done.stderr
-        results = json.loads(done.stdout.strip().splitlines()[-1])
+        results = unprivileged.run_cli_unprivileged(cases, cwd=home, repo=REPO)
         for name, (code, stderr) in results.items():
             command, problem = name.split()
             lines = stderr.strip().splitlines()
