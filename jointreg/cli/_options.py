@@ -24,3 +24,36 @@ def add_inference_options(parser: argparse.ArgumentParser, *, batch_unit: str) -
     parser.add_argument("--batch-size", type=positive_int, default=16, metavar="N",
                         help=f"{batch_unit} per forward pass (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+
+
+def add_shard_options(parser: argparse.ArgumentParser, *, finished: str) -> None:
+    """``--shard I/N`` and ``--merge`` of the bulk commands (:mod:`jointreg.inference.shards`).
+
+    Args:
+        finished: what the last shard, or ``--merge``, writes once every case is finished.
+    """
+    parser.add_argument("--shard", default=None, metavar="I/N",
+                        help="process only shard I of N (0 <= I < N) of the sorted cases (case k goes to shard k %% N) "
+                             "into the same DIR as the other shards; default under torchrun: RANK/WORLD_SIZE")
+    parser.add_argument("--merge", action="store_true",
+                        help=f"process nothing: check that every shard's cases are finished, then write {finished}")
+
+
+def chosen_shard(args: argparse.Namespace):
+    """The :class:`~jointreg.inference.shards.Shard` of this process (``None``: every case), from
+    ``--shard`` or torchrun's environment; ``--merge`` takes none and no ``--overwrite``.
+
+    Raises:
+        ConfigError: a malformed ``--shard``, or one given with ``--merge``; ``--merge`` with
+            ``--overwrite``.
+    """
+    from jointreg.errors import ConfigError
+    from jointreg.inference.shards import resolve_shard
+
+    if args.merge:
+        if args.shard is not None:
+            raise ConfigError("--merge takes no --shard: it checks the cases of every shard")
+        if args.overwrite:
+            raise ConfigError("--merge deletes nothing and takes no --overwrite")
+        return None
+    return resolve_shard(args.shard)

@@ -3,6 +3,8 @@
 Examples:
   jointreg pseudolabel --run runs/chaos_t2_1slice --dataset data/chaos_t2_1slice --out data/chaos_t2_pseudo
   jointreg pseudolabel --run RUN --dataset DATASET --out DIR --mode registration --propagation chain --workers 2
+  jointreg pseudolabel --run RUN --dataset DATASET --out DIR --shard 0/4      # one of 4 jobs into one DIR
+  jointreg pseudolabel --run RUN --dataset DATASET --out DIR --merge         # after the 4: dataset.json
 
 Every voxel labelled 'ignore' in DATASET/labelsTr gets a label; annotated voxels are copied
 unchanged. Modes: 'registration' warps the nearest annotated slice(s) on each side onto the slice
@@ -17,7 +19,16 @@ interruption or a failure and finished cases are skipped; the result is the same
 uninterrupted run. dataset.json is written last, once every case is finished (a DIR without it is
 an unfinished job); a job that finished no case leaves nothing behind, and a rerun with other
 settings simply starts over. --overwrite starts over in a DIR made by an earlier pseudolabel run
-that holds finished cases (other folders are never deleted). Formulas: docs/inference.md.
+that holds finished cases (other folders are never deleted).
+
+Sharded bulk jobs: --shard I/N labels only shard I of N of the cases (sorted names, case k goes
+to shard k % N, whatever is already finished) into the same DIR as the other shards, at the same
+time (several processes, a cluster job array: --shard $SLURM_ARRAY_TASK_ID/N) or one after the
+other; each can use --workers. Under torchrun every process takes shard RANK/WORLD_SIZE by itself.
+The first shard writes pseudolabel.json; a shard with other settings is refused, and a shard
+never deletes anything (no --overwrite). The shard that finds every case finished writes
+dataset.json; --merge (the same command, without --shard) checks that every case is finished and
+writes dataset.json, or names the missing cases. Formulas: docs/inference.md.
 """
 
 from __future__ import annotations
@@ -25,7 +36,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from jointreg.cli._options import add_inference_options
+from jointreg.cli._options import add_inference_options, add_shard_options, chosen_shard
 
 NAME = "pseudolabel"
 HELP = "write complete pseudo-labels for a sparse dataset (resumable, parallel)"
@@ -33,7 +44,9 @@ ORDER = 75
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, type=Path, metavar="RUN", help="finished run folder (uses RUN/export/*)")
+    parser.add_argument("--run", "--run-folder", dest="run", required=True, type=Path, metavar="RUN",
+                        help="finished run folder (uses RUN/export/*); spell it --run-folder under torchrun, "
+                             "whose own options make --run ambiguous")
     parser.add_argument("--dataset", required=True, type=Path, metavar="DATASET", help="sparse dataset (labelsTr with 'ignore')")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output dataset folder")
     parser.add_argument("--mode", choices=("registration", "segmentor", "fusion"), default="fusion",
@@ -53,22 +66,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes (default: %(default)s)")
     add_inference_options(parser, batch_unit="pairs/slices")
     parser.add_argument("--overwrite", action="store_true", help="start over in an existing pseudolabel output")
+    add_shard_options(parser, finished="dataset.json and the montages")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    from jointreg.inference.pseudolabel import PseudolabelSettings, pseudolabel_dataset
+    from jointreg.inference.pseudolabel import PseudolabelSettings, merge_pseudolabels, pseudolabel_dataset
 
+    shard = chosen_shard(args)
     settings = PseudolabelSettings(
         mode=args.mode, propagation=args.propagation, source_slices=args.source_slices,
         batch_size=args.batch_size, device=args.device, verify=None if args.no_verify else args.verify,
         refine=args.refine,
     )
+    if args.merge:
+        summary = merge_pseudolabels(args.run, args.dataset, args.out, settings=settings, progress=not args.no_progress)
+        print(f"merged {summary['cases']} case(s) in {summary['out']}: every case is finished, dataset.json written")
+        return 0
     summary = pseudolabel_dataset(
         args.run, args.dataset, args.out, settings=settings, workers=args.workers,
-        overwrite=args.overwrite, progress=not args.no_progress,
+        overwrite=args.overwrite, shard=shard, progress=not args.no_progress,
     )
     methods = ", ".join(f"{n} {m}" for m, n in sorted(summary["methods"].items()))
     skipped = f", {summary['skipped']} already done" if summary["skipped"] else ""
-    print(f"pseudo-labelled {summary['labelled']} case(s){skipped} into {summary['out']}" + (f" ({methods})" if methods else ""))
+    line = f"pseudo-labelled {summary['labelled']} case(s){skipped} into {summary['out']}" + (f" ({methods})" if methods else "")
+    if summary["shard"] is not None:
+        missing = len(summary["missing"])
+        state = (f"{missing} of {summary['cases']} case(s) still missing (other shards)" if missing
+                 else f"all {summary['cases']} case(s) finished, dataset.json written")
+        line = f"shard {summary['shard']}: {line}; {state}"
+    print(line)
     return 0

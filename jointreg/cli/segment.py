@@ -3,6 +3,8 @@
 Examples:
   jointreg segment --model runs/chaos/export/segmentor scans/*.nii.gz --out predictions
   jointreg segment --model runs/chaos data/chaos_t2 --out predictions --probabilities
+  jointreg segment --model runs/chaos data/chaos_t2 --out predictions --shard 1/4   # one of 4 jobs
+  jointreg segment --model runs/chaos data/chaos_t2 --out predictions --merge       # after the 4
 
 MODEL is a segmentor model folder or a run folder (its export/segmentor). INPUTS are NIfTI files,
 folders of them, or dataset folders (the cases of imagesTr/ and imagesTs/, normalised with the
@@ -14,7 +16,17 @@ back in its own; a very different spacing is resampled like any input, with a wa
 Existing outputs are never replaced without --overwrite. The job is resumable: the same command
 run again (after an interruption, or a failure on one input) keeps the volumes already done and
 segments the others; OUT/segmentation.json lists the finished volumes ("complete": false until
-the last one). Details: docs/inference.md.
+the last one).
+
+Sharded bulk jobs: --shard I/N segments only shard I of N of the volumes (sorted case names, case
+k goes to shard k % N, whatever is already finished) into the same OUT as the other shards, at
+the same time (several processes, a cluster job array: --shard $SLURM_ARRAY_TASK_ID/N) or one
+after the other. Under torchrun every process takes shard RANK/WORLD_SIZE by itself. The first
+shard writes segmentation.json; a shard with other settings or inputs is refused, and a shard
+replaces nothing (no --overwrite). Each shard records its volumes in
+OUT/segmentation.shard-I-of-N.json; the shard that finds every volume finished writes the complete
+segmentation.json (and removes those records). --merge (the same command, without --shard) does
+that once all shards have run, or names the missing volumes. Details: docs/inference.md.
 """
 
 from __future__ import annotations
@@ -22,7 +34,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from jointreg.cli._options import add_inference_options
+from jointreg.cli._options import add_inference_options, add_shard_options, chosen_shard
 
 NAME = "segment"
 HELP = "segment NIfTI volumes with a trained segmentor (labels keep the input geometry)"
@@ -37,18 +49,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probabilities", action="store_true", help="also write class probabilities (4D float NIfTI)")
     add_inference_options(parser, batch_unit="slices")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    add_shard_options(parser, finished="the complete segmentation.json")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    from jointreg.inference.segment import segment_inputs
+    from jointreg.inference.segment import merge_segmentations, segment_inputs
 
+    shard = chosen_shard(args)
+    if args.merge:
+        manifest = merge_segmentations(args.model, args.inputs, args.out, probabilities=args.probabilities)
+        print(f"merged {len(manifest['cases'])} volume(s) in {args.out}: every volume is finished, segmentation.json complete")
+        return 0
     manifest = segment_inputs(
         args.model, args.inputs, args.out, probabilities=args.probabilities, batch_size=args.batch_size,
-        device=args.device, overwrite=args.overwrite, progress=not args.no_progress,
+        device=args.device, overwrite=args.overwrite, shard=shard, progress=not args.no_progress,
     )
     warned = sum(1 for case in manifest["cases"].values() if case["warnings"])
     done = len(manifest["already_done"])
-    print(f"segmented {len(manifest['cases']) - done} volume(s)" + (f", {done} already done," if done else "")
-          + f" into {args.out}" + (f" ({warned} with geometry warnings)" if warned else ""))
+    line = (f"segmented {len(manifest['cases']) - done} volume(s)" + (f", {done} already done," if done else "")
+            + f" into {args.out}" + (f" ({warned} with geometry warnings)" if warned else ""))
+    if manifest["shard"] is not None:
+        missing = len(manifest["missing"])
+        state = (f"{missing} of {manifest['total']} volume(s) still missing (other shards)" if missing
+                 else f"all {manifest['total']} volume(s) finished, segmentation.json complete")
+        line = f"shard {manifest['shard']}: {line}; {state}"
+    print(line)
     return 0

@@ -32,6 +32,16 @@ slices, run or dataset) starts over when the earlier job finished no case, and i
 unless ``overwrite`` otherwise. A job that fails before finishing any case leaves no output
 folder (an existing empty one stays empty).
 
+**Sharded.** With ``shard`` (:mod:`jointreg.inference.shards`; ``--shard I/N``) a job labels
+only its share of the cases (sorted names, case ``k`` to shard ``k % N``) into the same ``out``
+as the other shards, concurrently or one after the other. ``pseudolabel.json`` is created by the
+first shard; the others go on only with identical settings, and a shard never deletes anything
+(``overwrite`` is refused; a folder of other settings is refused even without finished cases:
+another shard may be at work in it; a failed shard leaves what the others need). The shard that,
+after its own cases, finds every case of the dataset finished writes ``dataset.json`` and the
+montages; :func:`merge_pseudolabels` (``--merge``) does the same once all shards have run, or
+says which cases are missing. The files equal those of one unsharded job.
+
 **Parallel.** ``workers`` processes (spawn) each load the networks once and process whole cases,
 so memory is bounded by one case per worker whatever the dataset size; each worker uses
 ``max(1, cores // workers)`` torch threads. The parent only lists cases. The work on one case,
@@ -43,7 +53,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -52,6 +62,7 @@ from jointreg.data.label_space import label_lookup
 from jointreg.errors import ConfigError, InputError
 from jointreg.inference.pseudolabel_case import PROVENANCE_DIR, CaseJob, PseudolabelSettings, run_cases
 from jointreg.inference.run_models import find_run_models
+from jointreg.inference.shards import Shard, describe_missing, refuse_overwrite
 from jointreg.version import __version__
 
 log = logging.getLogger(__name__)
@@ -118,8 +129,25 @@ def _discard(out: Path, created: bool) -> None:
         log.warning("could not empty %s after the failure", out)
 
 
-def _prepare_out(out: Path, manifest: dict[str, Any], overwrite: bool, ending: str) -> bool:
-    """Create or reopen ``out``; returns True when resuming an earlier run."""
+def _differs(manifest: dict[str, Any], previous: Any) -> list[str]:
+    """The keys in which two manifests differ (all of them when ``previous`` is not a manifest)."""
+    previous = previous if isinstance(previous, dict) else {}
+    return sorted(k for k in set(manifest) | set(previous) if manifest.get(k) != previous.get(k))
+
+
+def _refuse_other_settings(out: Path, differs: list[str], finished: int) -> InputError:
+    return InputError(
+        out, f"was made with other settings (differs in: {', '.join(differs)}; {finished} finished case(s)); "
+        "a sharded job never deletes cases: rerun with those settings to resume, start over without --shard "
+        "(--overwrite), or choose another --out"
+    )
+
+
+def _prepare_out(out: Path, manifest: dict[str, Any], overwrite: bool, ending: str, sharded: bool = False) -> bool:
+    """Create or reopen ``out``; returns True when resuming an earlier run.
+
+    A ``sharded`` job never clears the folder: other shards may be writing into it.
+    """
     if _is_empty(out):
         return False
     path = out / MANIFEST_NAME
@@ -132,10 +160,12 @@ def _prepare_out(out: Path, manifest: dict[str, Any], overwrite: bool, ending: s
     if overwrite:
         _clear(out)
         return False
-    differs = sorted(k for k in set(manifest) | set(previous) if manifest.get(k) != previous.get(k))
+    differs = _differs(manifest, previous)
     if not differs:
         return True
     finished = _finished_cases(out, ending)
+    if sharded:
+        raise _refuse_other_settings(out, differs, len(finished))
     if not finished:
         # Leftovers of a job that failed or stopped before finishing any case: nothing to keep.
         log.info("%s holds no finished case of an earlier job with other settings: starting over", out)
@@ -155,44 +185,35 @@ def _any_annotation(dataset, ignore: int | None) -> bool:
     return False
 
 
-def pseudolabel_dataset(
-    run: str | PathLike[str],
-    dataset: str | PathLike[str],
-    out: str | PathLike[str],
-    *,
-    settings: PseudolabelSettings = PseudolabelSettings(),
-    workers: int = 1,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Write complete pseudo-labels for every training case of a sparse dataset (module docstring).
+@dataclass(frozen=True)
+class _Job:
+    """A pseudo-label job as checked before anything is written.
 
-    Args:
-        run: a finished run folder (``RUN/export/registration`` and/or ``RUN/export/segmentor``).
-        dataset: the sparse dataset (``labelsTr`` with ``ignore``).
-        out: the output dataset folder; an earlier, interrupted output is resumed.
-        settings: mode, propagation, sources, batch size, device.
-        workers: processes (1: in this process).
-        overwrite: start over in an existing output folder.
-        progress: show a progress bar.
-
-    Returns:
-        ``{"out", "cases", "labelled", "skipped", "methods", "settings", "review"}`` (the
-        montage page, :mod:`~jointreg.inference.pseudolabel_review`).
-
-    Raises:
-        InputError / ConfigError: a run without the networks the mode needs, a broken model
-            folder, an output folder that is (inside) the dataset, an output made with other
-            settings, no annotation at all in registration mode.
+    Attributes:
+        source: the sparse :class:`~jointreg.data.dataset.Dataset`.
+        cases: its training cases (every shard's).
+        manifest: ``pseudolabel.json``.
+        spec: the output's ``dataset.json``.
+        labels, lut: the run's classes and the source id → output id table.
+        dropped: source classes the run does not predict (they become background).
+        work: what a worker needs (:class:`~jointreg.inference.pseudolabel_case.CaseJob`).
     """
-    from tqdm.auto import tqdm
 
-    from jointreg.data.dataset import Dataset, write_spec
-    from jointreg.utils.atomic import check_writable_output, remove_stale_temporaries, write_json
+    source: Any
+    cases: list[str]
+    manifest: dict[str, Any]
+    spec: Any
+    labels: dict[str, int]
+    lut: Any
+    dropped: list[str]
+    work: CaseJob
 
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
-    run, out = Path(run), Path(out)
+
+def _describe(run: Path, dataset: str | PathLike[str], out: Path, settings: PseudolabelSettings) -> _Job:
+    """Check the run, the dataset and the output folder, and say what the job writes."""
+    from jointreg.data.dataset import Dataset
+    from jointreg.utils.atomic import check_writable_output
+
     models = find_run_models(run)
     mode = settings.mode
     if mode in ("registration", "fusion") and models.registration is None:
@@ -214,11 +235,6 @@ def pseudolabel_dataset(
     cases = source.cases("Tr")
     if not cases:
         raise InputError(source.images_dir("Tr"), "no training cases")
-    if mode == "registration" and not _any_annotation(source, source.spec.ignore_label):
-        raise InputError(
-            source.root / "labelsTr",
-            "no annotated voxel in any case: registration has nothing to propagate (use --mode segmentor)",
-        )
     radius = float((reg_config or {}).get("extra", {}).get("pair_radius", DEFAULT_RADIUS))
     model_paths = {
         "registration": str(models.registration.resolve()) if models.registration and mode != "segmentor" else None,
@@ -235,57 +251,206 @@ def pseudolabel_dataset(
         "labels": labels,
         "classes_mapped_to_background": dropped,
     }
-    created = not out.exists()
-    resuming = _prepare_out(out, manifest, overwrite, source.spec.file_ending)
     spec = source.spec.replace(
         labels=dict(labels), num_training=len(cases),
         name=f"{source.spec.name or source.root.name} (jointreg pseudo-labels)",
         extra={**dict(source.spec.extra), "pseudolabel": {"run": manifest["run"], **manifest["settings"]}},
     )
-    if source.spec.ignore_label is None:
-        log.warning("%s has no 'ignore' label: every voxel is annotated, labels are copied", source.root)
-    if dropped:
-        log.warning("the run's networks do not predict %s: annotated voxels of these classes become background", ", ".join(dropped))
-    job = CaseJob(
+    work = CaseJob(
         dataset=str(source.root.resolve()), out=str(out.resolve()), models=model_paths, settings=settings,
         preprocessing=dict(main_config.get("preprocessing", {})), labels=labels, lut=tuple(int(v) for v in lut),
         radius=radius, modality=source.spec.modality, file_ending=source.spec.file_ending,
     )
+    return _Job(source, cases, manifest, spec, labels, lut, dropped, work)
+
+
+def pseudolabel_dataset(
+    run: str | PathLike[str],
+    dataset: str | PathLike[str],
+    out: str | PathLike[str],
+    *,
+    settings: PseudolabelSettings = PseudolabelSettings(),
+    workers: int = 1,
+    overwrite: bool = False,
+    shard: Shard | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write complete pseudo-labels for every training case of a sparse dataset (module docstring).
+
+    Args:
+        run: a finished run folder (``RUN/export/registration`` and/or ``RUN/export/segmentor``).
+        dataset: the sparse dataset (``labelsTr`` with ``ignore``).
+        out: the output dataset folder; an earlier, interrupted output is resumed.
+        settings: mode, propagation, sources, batch size, device.
+        workers: processes (1: in this process).
+        overwrite: start over in an existing output folder (not with ``shard``).
+        shard: label only this shard's cases (:class:`~jointreg.inference.shards.Shard`) into
+            an ``out`` shared with the other shards; ``None``: every case.
+        progress: show a progress bar.
+
+    Returns:
+        ``{"out", "cases", "shard", "labelled", "skipped", "missing", "methods", "settings",
+        "review"}``: ``cases`` counts the whole dataset, ``labelled`` / ``skipped`` this job's
+        cases labelled now / found finished, ``missing`` the cases still unfinished after it (other
+        shards'), ``review`` the montage page (:mod:`~jointreg.inference.pseudolabel_review`), or
+        ``None`` while cases are missing (then there is no ``dataset.json`` either).
+
+    Raises:
+        InputError / ConfigError: a run without the networks the mode needs, a broken model
+            folder, an output folder that is (inside) the dataset, an output made with other
+            settings, no annotation at all in registration mode, ``overwrite`` with ``shard``.
+    """
+    from tqdm.auto import tqdm
+
+    from jointreg.inference.shards import remove_temporaries_of
+    from jointreg.utils.atomic import remove_stale_temporaries, write_json
+
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
+    refuse_overwrite(shard, overwrite)
+    run, out = Path(run), Path(out)
+    job = _describe(run, dataset, out, settings)
+    source, cases, ending = job.source, job.cases, job.source.spec.file_ending
+    if settings.mode == "registration" and not _any_annotation(source, source.spec.ignore_label):
+        raise InputError(
+            source.root / "labelsTr",
+            "no annotated voxel in any case: registration has nothing to propagate (use --mode segmentor)",
+        )
+    mine = cases if shard is None else shard.select(cases)
+    if not mine:
+        log.warning("shard %s has no case: the dataset has %d", shard, len(cases))
+    created = not out.exists()
+    resuming = _prepare_out(out, job.manifest, overwrite, ending, sharded=shard is not None)
+    if source.spec.ignore_label is None:
+        log.warning("%s has no 'ignore' label: every voxel is annotated, labels are copied", source.root)
+    if job.dropped:
+        log.warning("the run's networks do not predict %s: annotated voxels of these classes become background", ", ".join(job.dropped))
     methods: dict[str, int] = {}
     try:
-        if not resuming:
-            write_json(out / MANIFEST_NAME, manifest)  # first: from now on the folder is ours
+        if shard is not None:
+            _join(out, job.manifest, ending)
+        elif not resuming:
+            write_json(out / MANIFEST_NAME, job.manifest)  # first: from now on the folder is ours
         for folder in (out, out / "imagesTr", out / "labelsTr", out / PROVENANCE_DIR):
             folder.mkdir(parents=True, exist_ok=True)
-            remove_stale_temporaries(folder)
-        finished = [c for c in cases if _finished(out, c, source.spec.file_ending)]
-        todo = [c for c in cases if c not in set(finished)]
+            if shard is None:
+                remove_stale_temporaries(folder)
+        if shard is not None:  # only this shard's leftovers: the others' temporaries may be in the making
+            remove_temporaries_of(out / "imagesTr", [f"{c}_0000{ending}" for c in mine])
+            remove_temporaries_of(out / "labelsTr", [f"{c}{ending}" for c in mine])
+            remove_temporaries_of(out / PROVENANCE_DIR, [f"{c}.json" for c in mine])
+        finished = [c for c in mine if _finished(out, c, ending)]
+        todo = [c for c in mine if c not in set(finished)]
         if finished:
-            log.info("%d of %d case(s) already done in %s; labelling the other %d", len(finished), len(cases), out, len(todo))
+            log.info("%d of %d case(s) already done in %s; labelling the other %d", len(finished), len(mine), out, len(todo))
         if todo:
             (out / "dataset.json").unlink(missing_ok=True)  # the dataset is complete again only at the end
-        bar = tqdm(total=len(cases), initial=len(finished), desc="pseudolabel", unit="case", disable=None if progress else True)
+        bar = tqdm(total=len(mine), initial=len(finished), desc="pseudolabel", unit="case", disable=None if progress else True)
         with bar:
-            for result in run_cases(job, todo, workers):
+            for result in run_cases(job.work, todo, workers):
                 methods[result["method"]] = methods.get(result["method"], 0) + 1
                 bar.update(1)
     except BaseException:
-        if out.is_dir() and not _finished_cases(out, source.spec.file_ending):
+        # A shard never undoes: the folder and its settings are the other shards' too.
+        if shard is None and out.is_dir() and not _finished_cases(out, ending):
             _discard(out, created)
         raise
-    write_spec(out, spec)  # last: the dataset is complete
-    from jointreg.inference.pseudolabel_review import write_pseudolabel_review
-
-    review = write_pseudolabel_review(out, source, labels, lut, progress=progress)  # montages, worst case first
+    missing = [c for c in cases if not _finished(out, c, ending)]  # other shards' cases
+    review = None if missing else _finish(out, job, progress=progress)
     return {
         "out": str(out),
         "cases": len(cases),
+        "shard": None if shard is None else str(shard),
         "labelled": len(todo),
         "skipped": len(finished),
+        "missing": missing,
         "methods": methods,
         "settings": asdict(settings),
-        "review": str(review),
+        "review": None if review is None else str(review),
     }
+
+
+def merge_pseudolabels(
+    run: str | PathLike[str],
+    dataset: str | PathLike[str],
+    out: str | PathLike[str],
+    *,
+    settings: PseudolabelSettings = PseudolabelSettings(),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Finish the output of sharded jobs: check that every case is there, then write
+    ``dataset.json`` and the montages (labels nothing, deletes nothing).
+
+    The last shard to finish already does this when it sees every case finished; ``--merge``
+    is for shards that could not see each other's files in time (a network file system) or to
+    check a folder. It takes the shards' own run, dataset and settings.
+
+    Returns:
+        :func:`pseudolabel_dataset`'s summary (nothing labelled, every case skipped).
+
+    Raises:
+        InputError: no pseudo-label output at ``out``, one made with other settings, or
+            unfinished cases (how many, and which).
+    """
+    run, out = Path(run), Path(out)
+    job = _describe(run, dataset, out, settings)
+    path = out / MANIFEST_NAME
+    if not path.is_file():
+        if not out.exists():
+            raise InputError(out, "not found: nothing to merge (run the shards first)")
+        raise InputError(out, f"is not a jointreg pseudolabel output ({MANIFEST_NAME} is missing); nothing to merge")
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        previous = {}
+    differs = _differs(job.manifest, previous)
+    if differs:
+        raise InputError(
+            out, f"was made with other settings (differs in: {', '.join(differs)}); --merge takes the options the shards were given"
+        )
+    ending = job.source.spec.file_ending
+    missing = [c for c in job.cases if not _finished(out, c, ending)]
+    if missing:
+        raise InputError(
+            out, f"{describe_missing(missing, len(job.cases))}; run the shards that hold them (or this command "
+            "without --merge), then --merge again"
+        )
+    review = _finish(out, job, progress=progress)
+    return {
+        "out": str(out), "cases": len(job.cases), "shard": None, "labelled": 0, "skipped": len(job.cases),
+        "missing": [], "methods": {}, "settings": asdict(settings), "review": str(review),
+    }
+
+
+def _join(out: Path, manifest: dict[str, Any], ending: str) -> None:
+    """A shard's start: create ``pseudolabel.json`` as the first shard, or accept the one
+    another shard created only when it is identical (:func:`~jointreg.inference.shards.claim_json`)."""
+    from jointreg.inference.shards import claim_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    found = claim_json(out / MANIFEST_NAME, manifest)
+    differs = [] if found is None else _differs(manifest, found)
+    if differs:
+        raise _refuse_other_settings(out, differs, len(_finished_cases(out, ending)))
+
+
+def _finish(out: Path, job: _Job, *, progress: bool) -> Path:
+    """Make the folder, whose every case is finished, a dataset: ``dataset.json``, then the montages.
+
+    Under the folder's lock, so that shards that finish together take turns; since no case is
+    being written any more, every leftover temporary can go first. Returns the montage page.
+    """
+    from jointreg.data.dataset import write_spec
+    from jointreg.inference.pseudolabel_review import write_pseudolabel_review
+    from jointreg.inference.shards import folder_lock
+    from jointreg.utils.atomic import remove_stale_temporaries
+
+    with folder_lock(out):
+        for folder in (out, out / "imagesTr", out / "labelsTr", out / PROVENANCE_DIR):
+            remove_stale_temporaries(folder)
+        write_spec(out, job.spec)  # last: the dataset is complete
+        # montages, worst case first
+        return write_pseudolabel_review(out, job.source, job.labels, job.lut, progress=progress)
 
 
 def _finished(out: Path, case: str, ending: str) -> bool:

@@ -18,17 +18,17 @@ Inputs whose geometry differs from the training data are still segmented, with a
 The training geometry is read from ``config["extra"]["training_geometry"]`` of the model folder
 (:func:`describe_training_geometry`, written at export time); models without it are not checked.
 
+:func:`segment_inputs` segments many inputs into one output folder, resumably and in shards; the
+bookkeeping of that folder (``segmentation.json``, the shards' records, resuming, completing it,
+:func:`merge_segmentations`) is :mod:`jointreg.inference.segment_job`'s.
+
 Example:
     >>> summary = segment_inputs("runs/demo/export/segmentor", ["scans/"], "predictions")  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import logging
-import shutil
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -46,14 +46,23 @@ from jointreg.errors import ConfigError, InputError
 from jointreg.inference.case_inputs import check_output_folder, collect_inputs
 from jointreg.inference.predict import segment_sliced_volume
 from jointreg.inference.run_models import resolve_model_folder
+from jointreg.inference.segment_job import (
+    MANIFEST_NAME, PROBABILITIES_DIR, JobRecord, Plan, check_shared, discard, finish, job_settings,
+    merge_segmentations, output_files, plan_resume, prepare_folder, refuse_existing, sha256_file,
+)
+from jointreg.inference.shards import Shard, refuse_overwrite
+
+__all__ = [
+    "MANIFEST_NAME", "PROBABILITIES_DIR", "SPACING_TOLERANCE", "TRAINING_GEOMETRY", "Segmentation",
+    "describe_training_geometry", "geometry_warnings", "merge_segmentations", "orientation_codes",
+    "segment_inputs", "segment_volume", "training_orientation",
+]
 
 log = logging.getLogger(__name__)
 
 TRAINING_GEOMETRY = "training_geometry"
 # Relative in-plane spacing difference above which the input is reported as unlike the training data.
 SPACING_TOLERANCE = 0.5
-PROBABILITIES_DIR = "probabilities"
-MANIFEST_NAME = "segmentation.json"
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,55 +241,8 @@ def segment_volume(
 
 # --------------------------------------------------------------------------------------------
 # many inputs: resumable, and nothing left that blocks the corrected command
+# (the bookkeeping is jointreg.inference.segment_job's)
 # --------------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _read_manifest(out: Path) -> dict[str, Any]:
-    """The ``segmentation.json`` of an earlier call (``{}``: none, or not one of ours)."""
-    try:
-        found = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))
-    except (FileNotFoundError, NotADirectoryError, ValueError):
-        return {}
-    return found if isinstance(found, dict) and isinstance(found.get("cases"), dict) else {}
-
-
-@dataclass
-class _Plan:
-    """What an earlier call into the same folder leaves to this one: the cases ``done`` (kept,
-    case → manifest entry) and those whose files may be ``replaceable`` without ``overwrite``."""
-
-    done: dict[str, dict[str, Any]]
-    replaceable: set[str]
-
-
-def _plan(out: Path, settings: dict[str, Any], items: Sequence[Any], digests: Mapping[str, str], targets) -> _Plan:
-    """Resume rule: a case is done when an earlier call with the same settings recorded it for the
-    same input bytes and its files exist. An unfinished call (``complete: false``) also leaves the
-    files of the cases it planned but did not record (the one being written when it stopped) and,
-    with the same settings, those of every case it planned: they may be replaced. Anything else
-    is a finished result, replaced only with ``overwrite``."""
-    previous = _read_manifest(out)
-    same = bool(previous) and all(previous.get(k) == v for k, v in settings.items())
-    done: dict[str, dict[str, Any]] = {}
-    if same:
-        for item in items:
-            entry = previous["cases"].get(item.case)
-            if (isinstance(entry, dict) and entry.get("input_sha256") == digests[item.case]
-                    and entry.get("modality") == item.modality and all(t.is_file() for t in targets(item.case))):
-                done[item.case] = {**entry, "input": str(item.path)}
-    replaceable: set[str] = set()
-    if previous.get("complete") is False:
-        planned = {str(c) for c in previous.get("planned", [])}
-        replaceable = planned if same else planned - set(previous["cases"])
-    return _Plan(done, replaceable)
-
-
 def segment_inputs(
     model: str | PathLike[str],
     inputs: Sequence[str | PathLike[str]],
@@ -290,6 +252,7 @@ def segment_inputs(
     batch_size: int = 16,
     device: Any = "auto",
     overwrite: bool = False,
+    shard: Shard | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Segment NIfTI files, folders or datasets with a segmentor model folder.
@@ -302,6 +265,16 @@ def segment_inputs(
     the cases done (same model, settings and input bytes) and segments the others, so the files
     equal one uninterrupted call's. A call that finishes no case leaves nothing behind.
 
+    **Sharded** (``shard``, :mod:`jointreg.inference.shards`): the call segments only its share
+    of the cases (sorted names, case ``k`` to shard ``k % N``) into an ``out`` shared with the
+    other shards. The first shard creates ``segmentation.json`` (``"complete": false``, every
+    case planned, none recorded); the others join only with the same settings and inputs. Each
+    shard records its finished cases in its own ``segmentation.shard-I-of-N.json`` (one file per
+    writer, so no update is lost), and the shard that finds every case of the job finished writes
+    the complete ``segmentation.json`` and removes the records: the files then equal those of
+    one unsharded call. A shard replaces and deletes nothing of another job (no ``overwrite``)
+    and, when it fails, leaves the shared files to the others.
+
     Args:
         model: a segmentor model folder, or a run folder (its ``export/segmentor``).
         inputs: NIfTI files, folders of them, or dataset folders.
@@ -311,103 +284,101 @@ def segment_inputs(
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
         overwrite: replace existing outputs; without it an existing output that is not a case
             already done (see above) is an error raised before anything is written.
+        shard: segment only this shard's cases; ``None``: every case.
         progress: show a progress bar.
 
     Returns:
         The manifest written to ``segmentation.json``, plus ``already_done`` (cases kept from an
-        earlier call; not written).
+        earlier call; not written), ``shard`` (``"I/N"`` or ``None``), ``total`` (the job's
+        cases, every shard's) and ``missing`` (those still unfinished: other shards'). For a
+        shard, ``cases`` holds its own cases and ``complete`` says whether the whole job is.
 
     Raises:
         InputError: bad model folder or inputs, an output folder that is an input folder or
-            cannot be written, existing outputs without ``overwrite``.
+            cannot be written, existing outputs without ``overwrite``, for a shard a folder of
+            another job (other settings or inputs).
+        ConfigError: ``overwrite`` with ``shard``.
     """
     from tqdm.auto import tqdm
 
-    from jointreg.data.nifti import read_image, write_volume
-    from jointreg.export.model_folder import WEIGHTS_NAME, load_model_folder
-    from jointreg.utils.atomic import check_writable_output, remove_stale_temporaries, write_json
+    from jointreg.utils.atomic import check_writable_output
     from jointreg.utils.device import resolve_device
 
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    refuse_overwrite(shard, overwrite)
     folder = resolve_model_folder(model, "segmentor")
     out = Path(out)
     check_writable_output(out)
     items = collect_inputs(inputs)
     check_output_folder(out, items, [Path(p) for p in inputs])
-
-    def targets(case: str) -> list[Path]:
-        return [out / f"{case}.nii.gz"] + ([out / PROBABILITIES_DIR / f"{case}.nii.gz"] if probabilities else [])
-
+    targets = output_files(out, probabilities)
     torch_device = resolve_device(device)
-    loaded = load_model_folder(folder, device=torch_device, kind="segmentor")
+    loaded = _load_segmentor(folder, torch_device)
+    settings = job_settings(folder, loaded, probabilities)
+    planned = [item.case for item in items]
+    mine = _shard_items(items, shard)
+    if shard is not None:
+        check_shared(out, settings, planned)
+    digests = {item.case: sha256_file(item.path) for item in mine}
+    plan = Plan({}, set()) if overwrite else plan_resume(out, settings, mine, digests, targets)
+    refuse_existing(mine, plan, targets, overwrite)
+    my_cases = [item.case for item in mine]
+    created, earlier = prepare_folder(out, shard, my_cases)
+    record = JobRecord(out, settings, planned, my_cases, shard, dict(plan.done))
+    todo = [item for item in mine if item.case not in plan.done]
+    if plan.done:
+        log.info("%d of %d case(s) already done in %s; segmenting the other %d", len(plan.done), len(mine), out, len(todo))
+    try:
+        record.start()
+        for item in tqdm(todo, desc="segment", unit="case", disable=None if progress else True):
+            entry = _segment_case(loaded, item, out, digests[item.case], batch_size=batch_size, device=torch_device,
+                                  probabilities=probabilities)
+            record.add(item.case, entry)
+    except BaseException:
+        # A shard never undoes: the folder and segmentation.json are the other shards' too.
+        if not record.cases and shard is None:
+            discard(out, created, earlier)
+        raise
+    return finish(record, items, digests, targets, plan.done)
+
+
+def _load_segmentor(folder: Path, device: torch.device) -> Any:
+    """The 2D segmentor of a model folder, loaded onto ``device``."""
+    from jointreg.export.model_folder import load_model_folder
+
+    loaded = load_model_folder(folder, device=device, kind="segmentor")
     if loaded.spatial_dims != 2:
         raise InputError(folder, f"segment needs a 2D segmentor; this one has spatial_dims={loaded.spatial_dims}")
-    settings = {
-        "model": str(folder.resolve()),
-        "model_sha256": _sha256(folder / WEIGHTS_NAME),
-        "labels": loaded.labels,
-        "modality": loaded.modality,
-        "preprocessing": loaded.preprocessing,
-        "probabilities": "probabilities/{case}.nii.gz: float32 (X, Y, Z, K), class k in volume k" if probabilities else None,
-    }
-    digests = {item.case: _sha256(item.path) for item in items}
-    plan = _Plan({}, set()) if overwrite else _plan(out, settings, items, digests, targets)
-    existing = [t for item in items if item.case not in plan.done and item.case not in plan.replaceable
-                for t in targets(item.case) if t.exists()]
-    if existing and not overwrite:
-        raise InputError(existing[0], f"already exists ({len(existing)} output file(s) would be replaced; pass --overwrite)")
-    created = not out.exists()
-    earlier = (out / MANIFEST_NAME).read_bytes() if (out / MANIFEST_NAME).is_file() else None  # restored on failure
-    out.mkdir(parents=True, exist_ok=True)
-    for folder in (out, out / PROBABILITIES_DIR):
-        remove_stale_temporaries(folder)
-    cases: dict[str, Any] = dict(plan.done)
-    todo = [item for item in items if item.case not in plan.done]
-    if plan.done:
-        log.info("%d of %d case(s) already done in %s; segmenting the other %d", len(plan.done), len(items), out, len(todo))
-
-    def manifest(complete: bool) -> dict[str, Any]:
-        ordered = {item.case: cases[item.case] for item in items if item.case in cases}
-        return {**settings, "complete": complete, **({} if complete else {"planned": [i.case for i in items]}), "cases": ordered}
-
-    try:
-        write_json(out / MANIFEST_NAME, manifest(False))
-        for item in tqdm(todo, desc="segment", unit="case", disable=None if progress else True):
-            image = read_image(item.path)
-            result = segment_volume(
-                loaded, image, modality=item.modality, batch_size=batch_size, device=torch_device,
-                probabilities=probabilities, case=item.case,
-            )
-            write_volume(out / f"{item.case}.nii.gz", result.labels, reference=image, is_label=True)
-            if result.probabilities is not None:
-                write_volume(out / PROBABILITIES_DIR / f"{item.case}.nii.gz", np.moveaxis(result.probabilities, 0, -1), reference=image)
-            cases[item.case] = {"input": str(item.path), "input_sha256": digests[item.case], "modality": item.modality,
-                                "warnings": result.warnings}
-            if result.reoriented:
-                cases[item.case]["segmented_in"] = result.reoriented
-            write_json(out / MANIFEST_NAME, manifest(False))
-    except BaseException:
-        if not cases:
-            _discard(out, created, earlier)
-        raise
-    final = manifest(True)
-    write_json(out / MANIFEST_NAME, final)
-    return {**final, "already_done": sorted(plan.done)}
+    return loaded
 
 
-def _discard(out: Path, created: bool, earlier: bytes | None) -> None:
-    """Undo a call that finished no case: remove the folder it created, or restore an existing one."""
-    from jointreg.utils.atomic import atomic_path
+def _shard_items(items: list[Any], shard: Shard | None) -> list[Any]:
+    """The inputs this call segments: all of them, or its shard's (in input order)."""
+    if shard is None:
+        return items
+    chosen = set(shard.select([item.case for item in items]))
+    mine = [item for item in items if item.case in chosen]
+    if not mine:
+        log.warning("shard %s has no case: the job has %d", shard, len(items))
+    return mine
 
-    if created:
-        shutil.rmtree(out, ignore_errors=True)
-        return
-    with contextlib.suppress(OSError):
-        if earlier is None:
-            (out / MANIFEST_NAME).unlink()
-        else:
-            with atomic_path(out / MANIFEST_NAME) as tmp:
-                tmp.write_bytes(earlier)
-    with contextlib.suppress(OSError):
-        (out / PROBABILITIES_DIR).rmdir()  # only when empty
+
+def _segment_case(
+    loaded: Any, item: Any, out: Path, digest: str, *, batch_size: int, device: torch.device, probabilities: bool
+) -> dict[str, Any]:
+    """Segment one input into ``out`` (labels, and probabilities when asked for); returns its manifest entry."""
+    from jointreg.data.nifti import read_image, write_volume
+
+    image = read_image(item.path)
+    result = segment_volume(
+        loaded, image, modality=item.modality, batch_size=batch_size, device=device,
+        probabilities=probabilities, case=item.case,
+    )
+    write_volume(out / f"{item.case}.nii.gz", result.labels, reference=image, is_label=True)
+    if result.probabilities is not None:
+        write_volume(out / PROBABILITIES_DIR / f"{item.case}.nii.gz", np.moveaxis(result.probabilities, 0, -1), reference=image)
+    entry = {"input": str(item.path), "input_sha256": digest, "modality": item.modality, "warnings": result.warnings}
+    if result.reoriented:
+        entry["segmented_in"] = result.reoriented
+    return entry

@@ -77,3 +77,35 @@ def test_bad_options(trained_run, tmp_path, capsys):
     assert _error_line(capsys) == "jointreg pseudolabel: error: workers must be an integer >= 1, got 0"
     assert main(base + ["--source-slices", "0"]) == 2
     assert "source-slices must be an integer >= 1" in _error_line(capsys)
+
+
+def test_sharded_jobs_then_merge(trained_run, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "pseudo"
+    base = ["pseudolabel", "--run", str(trained_run["run"]), "--dataset", str(trained_run["sparse"]), "--out", str(out),
+            "--mode", "segmentor", "--no-progress", "--device", "cpu"]
+    assert main(base + ["--shard", "0/2", "--workers", "1"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"shard 0/2: pseudo-labelled 2 case(s) into {out} (2 segmentor); 1 of 3 case(s) still missing (other shards)")
+    assert main(base + ["--merge"]) == 2
+    assert _error_line(capsys) == (
+        f"jointreg pseudolabel: error: {out}: 1 of 3 case(s) are not finished (liver_ct_001); run the shards that "
+        "hold them (or this command without --merge), then --merge again")
+    monkeypatch.setenv("RANK", "1")  # as torchrun --nproc-per-node 2 starts the second process
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(base) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"shard 1/2: pseudo-labelled 1 case(s) into {out} (1 segmentor); all 3 case(s) finished, dataset.json written")
+    assert json.loads((out / "dataset.json").read_text())["numTraining"] == 3
+    assert main(base + ["--merge"]) == 0  # --merge takes no shard from torchrun
+    assert capsys.readouterr().out.strip() == f"merged 3 case(s) in {out}: every case is finished, dataset.json written"
+
+
+def test_bad_shard_options(trained_run, tmp_path, capsys):
+    base = ["pseudolabel", "--run", str(trained_run["run"]), "--dataset", str(trained_run["sparse"]), "--out", str(tmp_path / "o")]
+    assert main(base + ["--shard", "2/2"]) == 2
+    assert _error_line(capsys) == "jointreg pseudolabel: error: --shard 2/2: the index must be in 0..1 (shards are numbered from 0)"
+    assert main(base + ["--shard", "0/2", "--overwrite"]) == 2
+    assert "--overwrite cannot be combined with a sharded job" in _error_line(capsys)
+    assert main(base + ["--merge", "--overwrite"]) == 2
+    assert _error_line(capsys) == "jointreg pseudolabel: error: --merge deletes nothing and takes no --overwrite"
+    assert not (tmp_path / "o").exists()

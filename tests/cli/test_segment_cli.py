@@ -95,3 +95,30 @@ def test_existing_output_needs_overwrite(trained_run, tmp_path, capsys):
     assert (out / "liver_ct_000.nii.gz").read_bytes() == b"mine"
     assert main(["segment", "--model", str(trained_run["run"]), str(image), "--out", str(out), "--overwrite", "--no-progress"]) == 0
     assert read_label(out / "liver_ct_000.nii.gz").shape == (64, 64, 24)
+
+
+def test_sharded_jobs_then_merge(trained_run, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "pred"
+    base = ["segment", "--model", str(trained_run["run"]), str(trained_run["sparse"]), "--out", str(out), "--no-progress",
+            "--device", "cpu"]
+    assert main(base + ["--shard", "1/2"]) == 0  # liver_ct_001 and liver_ct_003 of 000 ... 003
+    assert capsys.readouterr().out.strip() == (
+        f"shard 1/2: segmented 2 volume(s) into {out}; 2 of 4 volume(s) still missing (other shards)")
+    assert main(base + ["--merge"]) == 2
+    assert _error_line(capsys) == (
+        f"jointreg segment: error: {out}: 2 of 4 case(s) are not finished (liver_ct_000, liver_ct_002); run the shards "
+        "that hold them (or this command without --merge), then --merge again")
+    assert main(base + ["--shard", "0/2", "--probabilities"]) == 2
+    assert "was made with other settings (differs in: probabilities)" in _error_line(capsys)
+    monkeypatch.setenv("RANK", "0")  # torchrun's first process
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(base) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"shard 0/2: segmented 2 volume(s) into {out}; all 4 volume(s) finished, segmentation.json complete")
+    assert sorted(p.name for p in out.iterdir()) == [f"liver_ct_00{i}.nii.gz" for i in range(4)] + ["segmentation.json"]
+    assert main(base + ["--merge"]) == 0
+    assert capsys.readouterr().out.strip() == f"merged 4 volume(s) in {out}: every volume is finished, segmentation.json complete"
+    monkeypatch.setenv("RANK", "2")
+    assert main(base) == 2
+    assert _error_line(capsys) == (
+        "jointreg segment: error: torchrun environment: RANK=2 is not in 0..WORLD_SIZE-1 (WORLD_SIZE=2)")

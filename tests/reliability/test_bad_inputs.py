@@ -510,6 +510,24 @@ CASES.update({
     "pseudolabel-verify-above-one": lambda ws: Case(
         _pseudolabel(ws, ws.run, ws.sparse, "--mode", "registration", "--verify", "1.5"),
         ("verify must be a fraction in [0, 1]", "got 1.5")),
+    "pseudolabel-shard-index-equals-count": lambda ws: Case(
+        _pseudolabel(ws, ws.run, ws.sparse, "--mode", "segmentor", "--shard", "2/2"), ("--shard 2/2", "must be in 0..1"),
+        then=_pseudolabel(ws, ws.run, ws.sparse, "--mode", "segmentor", "--shard", "1/2")),
+    "pseudolabel-shard-not-a-fraction": lambda ws: Case(_pseudolabel(ws, ws.run, ws.sparse, "--shard", "x"),
+                                                        ("--shard must be I/N", "got 'x'")),
+    "pseudolabel-shard-count-zero": lambda ws: Case(_pseudolabel(ws, ws.run, ws.sparse, "--shard", "1/0"),
+                                                    ("--shard 1/0", "count must be >= 1")),
+    "pseudolabel-merge-with-a-shard": lambda ws: Case(_pseudolabel(ws, ws.run, ws.sparse, "--shard", "0/2", "--merge"),
+                                                      ("--merge takes no --shard",)),
+    "segment-shard-index-equals-count": lambda ws: Case(_segment(ws, ws.segmentor) + ["--shard", "2/2"],
+                                                        ("--shard 2/2", "must be in 0..1"),
+                                                        then=_segment(ws, ws.segmentor) + ["--shard", "0/1"]),
+    "segment-shard-not-a-fraction": lambda ws: Case(_segment(ws, ws.segmentor) + ["--shard", "x"],
+                                                    ("--shard must be I/N", "got 'x'")),
+    "segment-shard-count-zero": lambda ws: Case(_segment(ws, ws.segmentor) + ["--shard", "1/0"],
+                                                ("--shard 1/0", "count must be >= 1")),
+    "segment-merge-with-a-shard": lambda ws: Case(_segment(ws, ws.segmentor) + ["--shard", "0/2", "--merge"],
+                                                  ("--merge takes no --shard",)),
 })
 
 
