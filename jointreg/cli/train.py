@@ -4,6 +4,7 @@ Examples:
   jointreg train recipes/demo_liver_phantom.yaml
   jointreg train recipes/chaos_t2_liver_1slice.yaml --set schedule.rounds=20 --set seed=1
   jointreg train --resume runs/chaos_t2_liver_1slice
+  torchrun --nproc-per-node 2 -m jointreg train recipes/chaos_t2_liver_1slice.yaml
 
 The run folder (default: OUTPUT/NAME from the recipe, or --out) receives the resolved recipe,
 train.log, TensorBoard logs (tensorboard --logdir RUN), checkpoints, and at the end
@@ -15,6 +16,10 @@ with exactly the weights an uninterrupted run would have, and refuses a recipe t
 since the checkpoint (naming each changed key, old -> new). A run that failed before its first
 checkpoint protects nothing: the same command, with the recipe corrected or not, replaces its
 folder without --overwrite, and --resume on it starts at step 0 with the folder's recipe.
+
+Under torchrun every process trains on an equal share of each batch (batch sizes must divide by
+the number of processes) with both networks in DistributedDataParallel; rank 0 alone writes the
+run folder, and --resume works from a checkpoint of any number of processes (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         recipe = load_recipe(args.recipe, args.overrides)
         summary = train(recipe, run_dir=args.out, overwrite=args.overwrite, stop_after=args.stop_after,
                         progress=False if args.no_progress else None)
+    if summary.get("rank", 0) != 0:  # another rank of a torchrun job: rank 0 reports
+        return 0
     brief = {k: summary[k] for k in ("status", "run", "steps", "train_seconds") if k in summary}
     if "evaluation" in summary:
         brief["evaluation"] = _short_evaluation(summary["evaluation"])

@@ -39,6 +39,15 @@ class RegistrationBatch:
         return len(self.pairs)
 
 
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array as a tensor on ``device``; for CUDA through pinned (page-locked) memory
+    with a non-blocking copy, so the transfer overlaps the GPU's work on the previous step."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def _label(volume: SlicedVolume, index: int, ignore_index: int, shape: tuple[int, int]) -> np.ndarray:
     if volume.labels is None:
         return np.full(shape, ignore_index, np.int64)
@@ -54,7 +63,7 @@ def registration_batch(
     fixed = np.stack([volumes[p.fixed[0]].images[p.fixed[1]] for p in pairs])
     moving_label = np.stack([_label(volumes[p.moving[0]], p.moving[1], ignore_index, shape) for p in pairs])
     fixed_label = np.stack([_label(volumes[p.fixed[0]], p.fixed[1], ignore_index, shape) for p in pairs])
-    as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).unsqueeze(1).to(device)  # noqa: E731
+    as_tensor = lambda a: to_device(a[:, None], device)  # noqa: E731
     return RegistrationBatch(
         moving=as_tensor(moving.astype(np.float32)),
         fixed=as_tensor(fixed.astype(np.float32)),
@@ -88,6 +97,6 @@ def labelled_batch(
             image, label = augment(image, label, seeds[i] if seeds is not None else i)
         images.append(image)
         labels.append(label)
-    image_tensor = torch.from_numpy(np.stack(images).astype(np.float32)).unsqueeze(1).to(device)
-    label_tensor = torch.from_numpy(np.stack(labels).astype(np.int64)).unsqueeze(1).to(device)
+    image_tensor = to_device(np.stack(images).astype(np.float32)[:, None], device)
+    label_tensor = to_device(np.stack(labels).astype(np.int64)[:, None], device)
     return image_tensor, label_tensor

@@ -27,11 +27,17 @@ log = logging.getLogger(__name__)
 
 
 class RunLogger:
-    """TensorBoard scalars/images and the run's log file."""
+    """TensorBoard scalars/images and the run's log file.
 
-    def __init__(self, recipe: Recipe, paths: RunPaths, start_step: int):
+    Args:
+        enabled: ``False`` for the ranks other than 0 of a multi-process run: nothing is written.
+    """
+
+    def __init__(self, recipe: Recipe, paths: RunPaths, start_step: int, *, enabled: bool = True):
         self.recipe = recipe
-        self.writer = None
+        self.writer = self.handler = None
+        if not enabled:
+            return
         if recipe.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -74,6 +80,8 @@ class RunLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.handler is None:
+            return
         root = logging.getLogger("jointreg")
         root.removeHandler(self.handler)
         root.setLevel(self._old_level)

@@ -7,7 +7,9 @@ and resuming reproduces the uninterrupted run exactly. After each round: validat
 checkpoint (:mod:`~jointreg.training.rounds`); a checkpoint also after each warm-up and every
 ``schedule.checkpoint_steps`` steps, so a crash at any point loses little; at the end: export
 and evaluation (:mod:`~jointreg.training.finish`). What a rerun may do with a run folder (and
-why ``--resume`` refuses an edited recipe): :mod:`~jointreg.training.run_folder`.
+why ``--resume`` refuses an edited recipe): :mod:`~jointreg.training.run_folder`. Under
+``torchrun`` the same loop runs in every process, each on its share of every batch
+(:mod:`~jointreg.training.distributed`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,21 +27,23 @@ import torch
 
 from jointreg.data.batches import labelled_batch, registration_batch
 from jointreg.data.pairs import PairSampler
-from jointreg.errors import ConfigError, InputError
+from jointreg.errors import ConfigError, InputError, JointregError
 from jointreg.export.run_folder import RunPaths
 from jointreg.training.checkpoint import load_checkpoint
 from jointreg.training.config import Recipe
 from jointreg.training.data import TrainingData, load_training_data, sample_labelled
+from jointreg.training.distributed import Distributed, check_batch_sizes, start, stop
 from jointreg.training.finish import finish_run
 from jointreg.training.logger import RunLogger, log_registration_panel
 from jointreg.training.networks import Networks, TrainingState, build_networks, restore_payload
 from jointreg.training.objectives import RegistrationObjective
 from jointreg.training.plan import REGISTRATION, Phase, build_plan, locate, round_ends, total_steps, warmup_ends
+from jointreg.training.precision import MixedPrecision
 from jointreg.training.propagation import SegmentationGroups
 from jointreg.training.rounds import end_of_round, save_last
 from jointreg.training.run_folder import open_run_folder, run_paths
 from jointreg.training.steps import registration_step, segmentation_step
-from jointreg.utils.device import resolve_device, seed_everything, set_threads
+from jointreg.utils.device import seed_everything, set_threads
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,7 @@ class Run:
     logger: RunLogger
     device: torch.device
     show_progress: bool
+    distributed: Distributed = Distributed()
 
 
 def train(
@@ -90,31 +96,69 @@ def train(
     """
     if stop_after is not None and (isinstance(stop_after, bool) or stop_after < 0):
         raise ConfigError(f"--stop-after: must be a number of steps >= 0, got {stop_after!r}")
-    paths = run_paths(recipe, run_dir)
-    with open_run_folder(recipe, paths, resume=resume, overwrite=overwrite) as from_checkpoint:
-        show_progress = recipe.logging.progress if progress is None else progress
-        seed_everything(recipe.seed)
-        set_threads(recipe.threads)
-        device = resolve_device(recipe.device)
-        data = load_training_data(recipe, progress=show_progress)
-        nets = build_networks(recipe, data, device)
-        plan = build_plan(recipe)
-        total = total_steps(plan)
-        state = TrainingState()
-        if from_checkpoint:
-            state = restore_payload(nets, load_checkpoint(paths.last))
-        run = Run(recipe, paths, data, nets, plan, RunLogger(recipe, paths, state.step), device, show_progress)
-        if from_checkpoint:  # after the logger exists, so that train.log says where the run resumed
-            log.info("resumed %s at step %d of %d", paths.root, state.step, total)
-        try:
-            state = run_plan(run, state, stop_after, saved=from_checkpoint)
-            if state.step < total and not state.stopped_early:
-                return {"status": "stopped", "step": state.step, "total_steps": total, "run": str(paths.root)}
-            summary = finish_run(recipe, paths, data, nets, state, device, show_progress)
-            run.logger.evaluation(summary.get("evaluation"), state.step)  # test/<metric>/<class>
-            return summary
-        finally:
-            run.logger.close()
+    ctx, device = start(recipe.device)
+    finished = False
+    try:
+        check_batch_sizes(recipe, ctx)
+        paths = run_paths(recipe, run_dir)
+        with ExitStack() as folder:
+            from_checkpoint = _open_folder(folder, recipe, paths, ctx, resume=resume, overwrite=overwrite)
+            summary = _train_in(recipe, paths, ctx, device, from_checkpoint, stop_after, progress)
+        finished = True
+        return summary
+    finally:
+        stop(ctx, finished=finished)
+
+
+def _open_folder(folder: ExitStack, recipe: Recipe, paths: RunPaths, ctx: Distributed, *, resume: bool,
+                 overwrite: bool) -> bool:
+    """Rank 0 prepares (and locks) the run folder; the other ranks learn whether it resumes."""
+    if not ctx.is_main:
+        answer = ctx.broadcast(None)
+        if "error" in answer:
+            raise JointregError(f"rank 0 could not start the run: {answer['error']}")
+        return answer["from_checkpoint"]
+    try:
+        from_checkpoint = folder.enter_context(open_run_folder(recipe, paths, resume=resume, overwrite=overwrite))
+    except BaseException as exc:
+        ctx.broadcast({"error": str(exc)})
+        raise
+    ctx.broadcast({"from_checkpoint": from_checkpoint})
+    return from_checkpoint
+
+
+def _train_in(recipe: Recipe, paths: RunPaths, ctx: Distributed, device: torch.device, from_checkpoint: bool,
+              stop_after: int | None, progress: bool | None) -> dict[str, Any]:
+    show_progress = (recipe.logging.progress if progress is None else progress) and ctx.is_main
+    seed_everything(recipe.seed)
+    set_threads(recipe.threads)
+    data = load_training_data(recipe, progress=show_progress)
+    nets = build_networks(recipe, data, device)
+    for role in nets.roles:
+        if role.trains:
+            role.trainer = ctx.wrap(role.net, device) if ctx.active else None
+            if recipe.precision != "float32":
+                role.precision = MixedPrecision(recipe.precision, device)
+    plan = build_plan(recipe)
+    total = total_steps(plan)
+    state = TrainingState()
+    if from_checkpoint:
+        state = restore_payload(nets, load_checkpoint(paths.last))
+    logger = RunLogger(recipe, paths, state.step, enabled=ctx.is_main)
+    run = Run(recipe, paths, data, nets, plan, logger, device, show_progress, ctx)
+    if from_checkpoint:  # after the logger exists, so that train.log says where the run resumed
+        log.info("resumed %s at step %d of %d", paths.root, state.step, total)
+    try:
+        state = run_plan(run, state, stop_after, saved=from_checkpoint)
+        if state.step < total and not state.stopped_early:
+            return {"status": "stopped", "step": state.step, "total_steps": total, "run": str(paths.root)}
+        if not ctx.is_main:  # rank 0 exports and evaluates
+            return {"status": "finished", "rank": ctx.rank, "steps": state.step, "run": str(paths.root)}
+        summary = finish_run(recipe, paths, data, nets, state, device, show_progress)
+        run.logger.evaluation(summary.get("evaluation"), state.step)  # test/<metric>/<class>
+        return summary
+    finally:
+        run.logger.close()
 
 
 def run_plan(run: Run, state: TrainingState, stop_after: int | None = None, *, saved: bool = False) -> TrainingState:
@@ -125,7 +169,8 @@ def run_plan(run: Run, state: TrainingState, stop_after: int | None = None, *, s
     """
     from tqdm.auto import tqdm
 
-    recipe, data, nets = run.recipe, run.data, run.nets
+    recipe, data, nets, ctx = run.recipe, run.data, run.nets, run.distributed
+    main = ctx.is_main
     total, ends, warmups = total_steps(run.plan), round_ends(run.plan), warmup_ends(run.plan)
     every = recipe.schedule.checkpoint_steps
     saved_step = state.step if saved else None
@@ -164,57 +209,78 @@ def run_plan(run: Run, state: TrainingState, stop_after: int | None = None, *, s
             g = state.step
             phase = locate(run.plan, g)
             rng = np.random.default_rng([recipe.seed, g])
+            ctx.reseed(recipe.seed, g)
             seg_warm = nets.segmentor is not None and state.segmentation_steps >= recipe.schedule.segmentation_warmup
             role = nets.role(phase.network)
             if phase.network == REGISTRATION:
-                batch = registration_batch(data.train, sampler.sample(recipe.registration.batch_size, rng),
-                                           ignore_index=data.ignore_index, device=run.device)
-                terms = registration_step(role.net, role.optimizer, batch, objective,
-                                          segmentor=nets.segmentor if seg_warm else None, step=g)
+                pairs = ctx.share(sampler.sample(recipe.registration.batch_size, rng))
+                batch = registration_batch(data.train, pairs, ignore_index=data.ignore_index, device=run.device)
+                terms = registration_step(role.train_net, role.optimizer, batch, objective,
+                                          segmentor=nets.segmentor if seg_warm else None, step=g, distributed=ctx, precision=role.precision)
                 state.registration_steps += 1
-                if recipe.logging.image_every and g % recipe.logging.image_every == 0:
+                if main and recipe.logging.image_every and g % recipe.logging.image_every == 0:
                     log_registration_panel(run.logger, role.net, batch, num_classes=data.num_classes,
                                            ignore_index=data.ignore_index, step=g)
             else:
                 cfg = recipe.segmentation
                 slots = sample_labelled(data.train, cfg.batch_size, rng)
                 seeds = rng.integers(0, 2**31 - 1, size=len(slots)).tolist()
-                real = labelled_batch(data.train, slots, augment=augment, seeds=seeds, device=run.device)
+                real = labelled_batch(data.train, ctx.share(slots), augment=augment, seeds=ctx.share(seeds),
+                                      device=run.device)
                 warped = propagated = None
                 if groups is not None:
                     groups.refresh(nets.registration, state.registration_steps)
                     warped, propagated = groups.draw(nets.registration, max(1, cfg.batch_size // 2), rng,
-                                                     segmentor=nets.segmentor if seg_warm else None)
-                terms = segmentation_step(role.net, role.optimizer, cfg, ignore_index=data.ignore_index,
-                                          real=real, warped=warped, propagated=propagated, step=g)
+                                                     segmentor=nets.segmentor if seg_warm else None, share=ctx.share)
+                terms = segmentation_step(role.train_net, role.optimizer, cfg, ignore_index=data.ignore_index,
+                                          real=real, warped=warped, propagated=propagated, step=g, distributed=ctx,
+                                          precision=role.precision)
                 state.segmentation_steps += 1
             role.scheduler.step()
             state.step += 1
+            terms = _log_step(run, phase.network, terms, g, total, role.optimizer.param_groups[0]["lr"])
             last_terms = terms
-            _log_step(run, phase.network, terms, g, total, role.optimizer.param_groups[0]["lr"])
             bar.set_postfix_str(f"{phase.network[:3]} {terms.get('total', 0.0):.4f}", refresh=False)
             bar.update(1)
             state.elapsed = time.perf_counter() - started
-            if state.step in ends and end_of_round(recipe, run.paths, data, nets, state, run.logger,
-                                                   ends[state.step], state.step == total):
-                saved_step = state.step
+            if state.step in ends:
+                if main and end_of_round(recipe, run.paths, data, nets, state, run.logger,
+                                         ends[state.step], state.step == total):
+                    saved_step = state.step
+                _share_selection(state, ctx)  # rank 0 validated: the others take its outcome
+                ctx.check_same_weights({role.name: role.net for role in nets.roles})
             if saved_step != state.step and (state.step in warmups or (every and state.step % every == 0)):
-                save_last(recipe, run.paths, nets, state)
+                if main:
+                    save_last(recipe, run.paths, nets, state)
                 saved_step = state.step
             if state.stopped_early:
                 break
     finally:
         bar.close()
     state.elapsed = time.perf_counter() - started
-    if saved_step != state.step:  # stopped by stop_after between checkpoints
+    if saved_step != state.step and main:  # stopped by stop_after between checkpoints
         save_last(recipe, run.paths, nets, state)
     log.info("last losses: %s", json.dumps({k: round(v, 5) for k, v in last_terms.items()}))
     return state
 
 
-def _log_step(run: Run, prefix: str, terms: dict[str, float], step: int, total: int, lr: float) -> None:
+_SELECTION = ("best_score", "best_step", "validations_without_improvement", "stopped_early", "history")
+
+
+def _share_selection(state: TrainingState, ctx: Distributed) -> None:
+    """Rank 0's validation outcome (best weights, patience, early stop) on every rank."""
+    if ctx.active:
+        for key, value in ctx.broadcast({k: getattr(state, k) for k in _SELECTION}).items():
+            setattr(state, key, value)
+
+
+def _log_step(run: Run, prefix: str, terms: dict[str, float], step: int, total: int, lr: float) -> dict[str, float]:
+    """Log a step's loss terms every ``logging.log_every`` steps (averaged over the ranks of a
+    multi-process run first); returns the terms as logged."""
     every = run.recipe.logging.log_every
     if every and step % every == 0:
+        terms = run.distributed.mean(terms)
         run.logger.scalars(f"{prefix}/loss", terms, step)
         run.logger.scalars(prefix, {"lr": lr}, step)
         log.info("step %d/%d %s lr %.2e %s", step, total, prefix, lr, " ".join(f"{k} {v:.4f}" for k, v in terms.items()))
+    return terms

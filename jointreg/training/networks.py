@@ -24,6 +24,11 @@ class NetworkRole:
         name: ``registration`` or ``segmentation`` (the plan's phase names).
         key: the checkpoint key (``registration`` / ``segmentor``).
         optimizer, scheduler: ``None`` for a network without parameters (nothing to train).
+        trainer: what the training steps call: the network in DistributedDataParallel in a
+            multi-process run (:mod:`jointreg.training.distributed`), else ``None`` (the
+            network itself). Everything else (inference, checkpoints, export) uses ``net``.
+        precision: the recipe's mixed precision for this network's steps (``None``: float32);
+            a float16 loss scaler's state is part of the checkpoint.
     """
 
     name: str
@@ -31,6 +36,12 @@ class NetworkRole:
     net: torch.nn.Module
     optimizer: torch.optim.Optimizer | None = None
     scheduler: Any = None
+    trainer: torch.nn.Module | None = None
+    precision: Any = None
+
+    @property
+    def train_net(self) -> torch.nn.Module:
+        return self.net if self.trainer is None else self.trainer
 
     @property
     def trains(self) -> bool:
@@ -40,6 +51,8 @@ class NetworkRole:
         state: dict[str, Any] = {"model": self.net.state_dict()}
         if self.trains:
             state.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict())
+        if self.precision is not None and self.precision.scaler is not None:
+            state["scaler"] = self.precision.state_dict()
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -47,6 +60,8 @@ class NetworkRole:
         if self.trains:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+        if self.precision is not None and "scaler" in state:
+            self.precision.load_state_dict(state["scaler"])
 
 
 @dataclass

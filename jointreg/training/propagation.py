@@ -299,18 +299,26 @@ class SegmentationGroups:
         return {"propagated": torch.stack(labels).unsqueeze(1),
                 "distance": torch.tensor(distance, dtype=batch.distance.dtype, device=batch.distance.device)}
 
-    def _batch(self, sampler, n: int, rng):
+    def _batch(self, sampler, n: int, rng, share=None):
         from jointreg.data.batches import registration_batch
 
-        return registration_batch(self.volumes, sampler.sample(n, rng), ignore_index=self.ignore_index, device=self.device)
+        pairs = sampler.sample(n, rng)
+        if share is not None:
+            pairs = share(pairs)
+        return registration_batch(self.volumes, pairs, ignore_index=self.ignore_index, device=self.device)
 
     def draw(self, net: torch.nn.Module, n_pairs: int, rng, *, segmentor: torch.nn.Module | None = None,
-             ) -> tuple[PropagatedBatch | None, PropagatedBatch | None]:
-        """``(warped, propagated)`` groups of ``n_pairs`` pairs each (``None`` when weighted 0)."""
+             share=None) -> tuple[PropagatedBatch | None, PropagatedBatch | None]:
+        """``(warped, propagated)`` groups of ``n_pairs`` pairs each (``None`` when weighted 0).
+
+        Args:
+            share: keeps this process's part of the drawn pairs in a multi-process run
+                (:meth:`~jointreg.training.distributed.Distributed.share`; all of them when ``None``).
+        """
         shared = self.propagated_weight > 0 and self.propagation_sampler is self.warp_sampler
         warped = propagated = None
         if self.warped_weight > 0:
-            batch = self._batch(self.warp_sampler, n_pairs, rng)
+            batch = self._batch(self.warp_sampler, n_pairs, rng, share)
             # The trusted targets are derived only when the same pairs also feed the propagated group.
             warped = (self.policy.label(net, batch, segmentor=segmentor, **self._chained(batch)) if shared
                       else self.policy.warp_only(net, batch))
@@ -318,6 +326,6 @@ class SegmentationGroups:
             if warped is not None and shared:
                 propagated = warped
             else:
-                batch = self._batch(self.propagation_sampler, n_pairs, rng)
+                batch = self._batch(self.propagation_sampler, n_pairs, rng, share)
                 propagated = self.policy.label(net, batch, segmentor=segmentor, **self._chained(batch))
         return warped, propagated

@@ -21,6 +21,8 @@ from jointreg.data.batches import RegistrationBatch
 from jointreg.errors import JointregError
 from jointreg.losses.segmentation import ce_dice_loss
 from jointreg.training.config import SegmentationConfig
+from jointreg.training.distributed import Distributed
+from jointreg.training.precision import MixedPrecision, autocast, backward_step
 from jointreg.training.objectives import RegistrationObjective
 from jointreg.training.propagation import PropagatedBatch
 
@@ -32,8 +34,9 @@ class TrainingDiverged(JointregError):
 _ADVICE = "The last good checkpoint is kept. Try a lower learning rate or a larger smoothness weight."
 
 
-def _check_finite(loss: torch.Tensor, what: str, step: int) -> None:
-    if not torch.isfinite(loss):
+def _check_finite(loss: torch.Tensor, what: str, step: int, distributed: Distributed | None) -> None:
+    # In a multi-process run every rank must agree before any of them enters backward().
+    if not (distributed.all_finite(loss) if distributed is not None else bool(torch.isfinite(loss))):
         raise TrainingDiverged(f"{what} loss became {loss.item()} at step {step}; stopping. {_ADVICE}")
 
 
@@ -52,12 +55,18 @@ def registration_step(
     *,
     segmentor: torch.nn.Module | None = None,
     step: int = 0,
+    distributed: Distributed | None = None,
+    precision: MixedPrecision | None = None,
 ) -> dict[str, float]:
     """One optimiser step of the registration network; returns the loss terms.
 
     Args:
         segmentor: when given (and the recipe has an anatomy weight), its softmax on the fixed
             images is the anatomy target; it is evaluated without gradients, in eval mode.
+        distributed: in a multi-process run, the ranks agree on the finiteness check (``net``
+            is then the DistributedDataParallel wrapper, which averages the gradients).
+        precision: mixed precision for the forward pass and the loss (:mod:`~jointreg.training.precision`;
+            ``None``: float32).
     """
     net.train()
     anatomy = None
@@ -67,12 +76,12 @@ def registration_step(
         with torch.no_grad():
             anatomy = torch.softmax(segmentor(batch.fixed), dim=1)
         segmentor.train(was_training)
-    out = net(batch.moving, batch.fixed)
-    loss, terms = loss_fn(out, batch, anatomy=anatomy)
-    _check_finite(loss, "registration", step)
+    with autocast(precision):
+        out = net(batch.moving, batch.fixed)
+        loss, terms = loss_fn(out, batch, anatomy=anatomy)
+    _check_finite(loss, "registration", step, distributed)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    backward_step(precision, loss, optimizer)
     _check_weights(net, "registration", step)
     terms["total"] = float(loss.detach())
     return terms
@@ -88,6 +97,8 @@ def segmentation_step(
     warped: PropagatedBatch | None = None,
     propagated: PropagatedBatch | None = None,
     step: int = 0,
+    distributed: Distributed | None = None,
+    precision: MixedPrecision | None = None,
 ) -> dict[str, float]:
     """One optimiser step of the segmentor on real and/or registration-derived samples.
 
@@ -95,6 +106,7 @@ def segmentation_step(
         real: annotated images and labels.
         warped: its warped moving images and warped labels form the "warped" group.
         propagated: its fixed images and trusted propagated targets form the "propagated" group.
+        distributed, precision: as for :func:`registration_step`.
     """
     segmentor.train()
     groups: list[tuple[str, float, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
@@ -107,7 +119,9 @@ def segmentation_step(
     if not groups:
         return {}
     images = torch.cat([g[2] for g in groups])
-    logits = segmentor(images)
+    with autocast(precision):
+        logits = segmentor(images)
+    logits = logits.float()  # the losses in float32 (softmax sums over many pixels)
     terms: dict[str, torch.Tensor] = {}
     total = logits.new_zeros(())
     start = 0
@@ -119,10 +133,9 @@ def segmentation_step(
         )
         total = total + weight * terms[name]
         start += n
-    _check_finite(total, "segmentation", step)
+    _check_finite(total, "segmentation", step, distributed)
     optimizer.zero_grad(set_to_none=True)
-    total.backward()
-    optimizer.step()
+    backward_step(precision, total, optimizer)
     _check_weights(segmentor, "segmentation", step)
     result = {name: float(value.detach()) for name, value in terms.items()}
     result["total"] = float(total.detach())

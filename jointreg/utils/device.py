@@ -12,8 +12,12 @@ from jointreg.errors import ConfigError
 def resolve_device(name: Any = "auto"):
     """A ``torch.device`` from ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda[:N]``.
 
+    Under torchrun (``WORLD_SIZE`` > 1), ``auto`` and ``cuda`` without an index mean
+    ``cuda:LOCAL_RANK``: one GPU per process.
+
     Raises:
-        ConfigError: an unknown name, or CUDA asked for where none is available.
+        ConfigError: an unknown name, CUDA asked for where none is available, or a torchrun
+            ``LOCAL_RANK`` beyond this machine's GPUs.
     """
     import torch
 
@@ -21,7 +25,7 @@ def resolve_device(name: Any = "auto"):
         return name
     text = str(name or "auto").lower()
     if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return _per_process(torch.device("cuda")) if torch.cuda.is_available() else torch.device("cpu")
     try:
         device = torch.device(text)
     except RuntimeError:
@@ -30,7 +34,23 @@ def resolve_device(name: Any = "auto"):
         raise ConfigError(f"device {name!r} requested but CUDA is not available on this machine")
     if device.type not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"device type {device.type!r} is not supported (use auto, cpu, cuda)")
-    return device
+    return _per_process(device) if device.type == "cuda" else device
+
+
+def _per_process(device):
+    """``cuda`` → ``cuda:LOCAL_RANK`` in a torchrun job of several processes."""
+    import torch
+
+    env = os.environ
+    world = env.get("WORLD_SIZE", "1")
+    if device.index is not None or not world.isdigit() or int(world) < 2:
+        return device
+    local = env.get("LOCAL_RANK", "0")
+    if not local.isdigit():
+        raise ConfigError(f"torchrun environment: LOCAL_RANK={local!r} must be an integer")
+    if int(local) >= torch.cuda.device_count():
+        raise ConfigError(f"LOCAL_RANK {local} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return torch.device("cuda", int(local))
 
 
 def module_device(module: Any):

@@ -80,3 +80,26 @@ def test_seed_everything_repeats_python_numpy_and_torch_draws(monkeypatch):
     assert os.environ["PYTHONHASHSEED"] == "123"  # set once, by the first seed
     seed_everything(2**32 + 5)  # seeds beyond NumPy's 32 bits are folded, not refused
     assert np.random.rand() == np.random.RandomState(5).rand()
+
+
+@pytest.fixture
+def four_gpus(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+
+
+def test_under_torchrun_each_process_takes_the_gpu_of_its_local_rank(four_gpus, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert resolve_device("auto") == torch.device("cuda", 3)
+    assert resolve_device("cuda") == torch.device("cuda", 3)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)  # a named GPU is kept
+    monkeypatch.setenv("LOCAL_RANK", "4")
+    with pytest.raises(ConfigError, match="LOCAL_RANK 4 but this machine has 4 CUDA device"):
+        resolve_device("auto")
+
+
+def test_a_single_process_keeps_plain_cuda(four_gpus, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert resolve_device("auto") == torch.device("cuda")
