@@ -79,15 +79,21 @@ class Distributed:
         n = len(items) // self.world_size
         return list(items[self.rank * n:(self.rank + 1) * n])
 
-    def wrap(self, module, device):
-        """``module`` in DistributedDataParallel (the module itself when alone). Parameters a
-        network leaves unused in a step (some registry networks' branches) are allowed."""
+    def wrap(self, module, device, *, unused_parameters: bool = True):
+        """``module`` in DistributedDataParallel (the module itself when alone).
+
+        Args:
+            unused_parameters: the network may leave parameters unused in a step (some registry
+                networks' branches); DDP then walks the autograd graph after each forward pass
+                to find them. ``False`` for networks that use every parameter (the segmentors).
+        """
         if not self.active:
             return module
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+        return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused_parameters,
+                                       gradient_as_bucket_view=True)
 
     def all_finite(self, value) -> bool:
         """Whether ``value`` is finite on every rank."""

@@ -136,7 +136,7 @@ def _train_in(recipe: Recipe, paths: RunPaths, ctx: Distributed, device: torch.d
     nets = build_networks(recipe, data, device)
     for role in nets.roles:
         if role.trains:
-            role.trainer = ctx.wrap(role.net, device) if ctx.active else None
+            role.trainer = ctx.wrap(role.net, device, unused_parameters=role.name == REGISTRATION) if ctx.active else None
             if recipe.precision != "float32":
                 role.precision = MixedPrecision(recipe.precision, device)
     plan = build_plan(recipe)
