@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from jointreg.data.batches import labelled_batch, registration_batch
+from jointreg.data.batches import registration_batch
 from jointreg.data.pairs import PairSampler
 from jointreg.errors import ConfigError, InputError, JointregError
 from jointreg.export.run_folder import RunPaths
 from jointreg.training.checkpoint import load_checkpoint
 from jointreg.training.config import Recipe
-from jointreg.training.data import TrainingData, load_training_data, sample_labelled
+from jointreg.training.data import TrainingData, load_training_data
 from jointreg.training.distributed import Distributed, check_batch_sizes, start, stop
 from jointreg.training.finish import finish_run
 from jointreg.training.logger import RunLogger, log_registration_panel
@@ -39,6 +39,7 @@ from jointreg.training.networks import Networks, TrainingState, build_networks, 
 from jointreg.training.objectives import RegistrationObjective
 from jointreg.training.plan import REGISTRATION, Phase, build_plan, locate, round_ends, total_steps, warmup_ends
 from jointreg.training.precision import MixedPrecision
+from jointreg.training.prefetch import RealBatches
 from jointreg.training.propagation import SegmentationGroups
 from jointreg.training.rounds import end_of_round, save_last
 from jointreg.training.run_folder import open_run_folder, run_paths
@@ -198,6 +199,10 @@ def run_plan(run: Run, state: TrainingState, stop_after: int | None = None, *, s
         from jointreg.training.augment import SliceAugmenter
 
         augment = SliceAugmenter(recipe.segmentation.augmentation)
+    batches = None
+    if nets.segmentor is not None:
+        batches = RealBatches(data.train, seed=recipe.seed, batch_size=recipe.segmentation.batch_size, share=ctx.share,
+                              augment=augment, device=run.device, plan=run.plan, ahead=_prefetch(run.device))
     last_terms: dict[str, float] = {}
     started = time.perf_counter() - state.elapsed
     bar = tqdm(total=total, initial=state.step, desc=recipe.name, disable=None if run.show_progress else True,
@@ -223,10 +228,8 @@ def run_plan(run: Run, state: TrainingState, stop_after: int | None = None, *, s
                                            ignore_index=data.ignore_index, step=g)
             else:
                 cfg = recipe.segmentation
-                slots = sample_labelled(data.train, cfg.batch_size, rng)
-                seeds = rng.integers(0, 2**31 - 1, size=len(slots)).tolist()
-                real = labelled_batch(data.train, ctx.share(slots), augment=augment, seeds=ctx.share(seeds),
-                                      device=run.device)
+                drawn = batches.get(g)  # annotated slices drawn first from the step's generator
+                rng, real = drawn.rng, (drawn.images, drawn.labels)
                 warped = propagated = None
                 if groups is not None:
                     groups.refresh(nets.registration, state.registration_steps)
@@ -257,11 +260,18 @@ def run_plan(run: Run, state: TrainingState, stop_after: int | None = None, *, s
                 break
     finally:
         bar.close()
+        if batches is not None:
+            batches.close()
     state.elapsed = time.perf_counter() - started
     if saved_step != state.step and main:  # stopped by stop_after between checkpoints
         save_last(recipe, run.paths, nets, state)
     log.info("last losses: %s", json.dumps({k: round(v, 5) for k, v in last_terms.items()}))
     return state
+
+
+def _prefetch(device: torch.device) -> bool:
+    """Whether the next annotated-slice batch is built while the device trains (on CUDA)."""
+    return device.type == "cuda"
 
 
 _SELECTION = ("best_score", "best_step", "validations_without_improvement", "stopped_early", "history")
