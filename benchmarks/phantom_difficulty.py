@@ -11,10 +11,16 @@ of its volume (the identity "registration"), measured as in docs/design.md:
 * ``dice_mean`` is the mean over all pairs of all volumes, ``dice_mean_structure_slices`` the
   mean over the pairs whose fixed slice holds the structure.
 
-Run (prints JSON; ``--out`` also writes it atomically)::
+The echo cine loops (``echo-a4c``, frames on axis 2) follow the echo datasets' setting instead:
+the end-diastolic (ED) frame, the largest LV area, is the annotated one; its label is copied onto
+every other frame and each class scores its Dice per frame. ``dice_ed_to_es`` is the mean over
+volumes of the ED → ES pair (the smallest LV area), the pair CAMUS and EchoNet evaluate.
+
+Run (prints JSON; ``--out`` also writes it atomically; ``--kinds`` restricts the phantoms)::
 
     .venv/bin/python benchmarks/phantom_difficulty.py --data ../shared/data \\
         --out results/phantom_difficulty.json
+    .venv/bin/python benchmarks/phantom_difficulty.py --kinds echo-a4c --cases 16
 
 Real data are read from ``--data`` when present (``chaos_t2``: liver = 1; ``ms_cmr``: LV
 myocardium = 200, LV blood pool = 500) and reported as skipped otherwise.
@@ -34,9 +40,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO))
 
-from jointreg.data.phantoms import case_seed, make_phantom  # noqa: E402
+from jointreg.data.phantoms import case_seed, ed_es_frames, make_phantom  # noqa: E402
 
 WINDOW = 6
+KINDS = ("liver-ct", "cardiac-mr", "echo-a4c")
 OFFSETS = 10  # the per-offset profile reported, ±1..±OFFSETS
 
 
@@ -105,6 +112,40 @@ def phantom_figures(kind: str, structures: dict[str, int], cases: int, seed: int
     }
 
 
+def ed_copy_pairs(label: np.ndarray, value: int, ed: int) -> list[tuple[int, float, bool]]:
+    """Copy the ED frame's mask of class ``value`` onto every other frame (axis 2).
+
+    Returns:
+        ``(offset, dice, fixed_has_structure)`` per other frame, offset = frame − ED index.
+    """
+    mask = np.asarray(label) == value
+    return [(k - ed, slice_dice(mask[..., ed], mask[..., k]), bool(mask[..., k].any()))
+            for k in range(mask.shape[2]) if k != ed]
+
+
+def frame_figures(kind: str, structures: dict[str, int], cases: int, seed: int, lv: int = 1) -> dict[str, dict]:
+    """ED-to-every-frame label copying on cine-loop phantoms, per class (see the module docstring)."""
+    per_structure: dict[str, list] = {name: [] for name in structures}
+    to_es: dict[str, list[float]] = {name: [] for name in structures}
+    start = time.perf_counter()
+    for i in range(cases):
+        label = make_phantom(kind, case_seed(seed, i)).label
+        ed, es = ed_es_frames(label, lv)
+        for name, value in structures.items():
+            pairs = ed_copy_pairs(label, value, ed)
+            per_structure[name].append(pairs)
+            to_es[name].append(next(d for off, d, _ in pairs if off == es - ed))
+    seconds = time.perf_counter() - start
+    return {
+        name: {
+            **summarise(pairs, source=f"{kind} phantom", structure=f"{name} (label {structures[name]})",
+                        seed=seed, generate_seconds=round(seconds, 2), moving="ED frame (largest lv area)"),
+            "dice_ed_to_es": round(float(np.mean(to_es[name])), 4),
+        }
+        for name, pairs in per_structure.items()
+    }
+
+
 def real_figures(folder: Path, structures: dict[str, int]) -> dict[str, dict]:
     if not folder.is_dir():
         return {name: {"source": str(folder), "skipped": "folder not found"} for name in structures}
@@ -130,24 +171,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=16, help="phantom volumes per kind (default 16)")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed, as `jointreg prepare phantom --seed`")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS),
+                        help="phantom kinds to measure, with their real-data rows (default: all)")
     args = parser.parse_args(argv)
 
-    liver_phantom = phantom_figures("liver-ct", {"liver": 1}, args.cases, args.seed)["liver"]
-    cardiac_phantom = phantom_figures("cardiac-mr", {"myocardium": 2, "lv": 3}, args.cases, args.seed)
-    chaos = real_figures(args.data / "chaos_t2", {"liver": 1})["liver"]
-    ms_cmr = real_figures(args.data / "ms_cmr", {"myocardium": 200, "lv": 500})
-    result = {
-        "protocol": (
+    result: dict = {}
+    if {"liver-ct", "cardiac-mr"} & set(args.kinds):
+        result["protocol"] = (
             "copy the label of the largest-area axial slice unchanged onto every slice that holds the "
             f"structure or lies within ±{WINDOW} slices; Dice per pair (empty fixed slice vs non-empty copy "
             "= 0); mean over pairs"
-        ),
-        "liver": {"liver-ct phantom": liver_phantom, "chaos_t2": chaos},
-        "cardiac (primary structure: LV myocardium)": {
+        )
+    if "liver-ct" in args.kinds:
+        liver_phantom = phantom_figures("liver-ct", {"liver": 1}, args.cases, args.seed)["liver"]
+        chaos = real_figures(args.data / "chaos_t2", {"liver": 1})["liver"]
+        result["liver"] = {"liver-ct phantom": liver_phantom, "chaos_t2": chaos}
+    if "cardiac-mr" in args.kinds:
+        cardiac_phantom = phantom_figures("cardiac-mr", {"myocardium": 2, "lv": 3}, args.cases, args.seed)
+        ms_cmr = real_figures(args.data / "ms_cmr", {"myocardium": 200, "lv": 500})
+        result["cardiac (primary structure: LV myocardium)"] = {
             "cardiac-mr phantom": cardiac_phantom["myocardium"], "ms_cmr": ms_cmr["myocardium"],
-        },
-        "cardiac (LV blood pool)": {"cardiac-mr phantom": cardiac_phantom["lv"], "ms_cmr": ms_cmr["lv"]},
-    }
+        }
+        result["cardiac (LV blood pool)"] = {"cardiac-mr phantom": cardiac_phantom["lv"], "ms_cmr": ms_cmr["lv"]}
+    if "echo-a4c" in args.kinds:
+        result["echo protocol"] = (
+            "copy the ED frame's label (largest lv area) unchanged onto every other frame of the loop; "
+            "Dice per frame and class; mean over frames; dice_ed_to_es: the ED -> ES frame pair"
+        )
+        result["echo (frames of a cine loop)"] = {
+            f"echo-a4c phantom, {name}": figures
+            for name, figures in frame_figures("echo-a4c", {"lv": 1, "myocardium": 2, "atrium": 3}, args.cases, args.seed).items()
+        }
     text = json.dumps(result, indent=2)
     print(text)
     if args.out is not None:

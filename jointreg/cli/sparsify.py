@@ -7,11 +7,13 @@ sparsify.json manifest (strategy, seed, axis and kept slices per case).
 
 Strategies: 'largest' keeps the slices with the largest foreground area, 'even' spreads them
 evenly over the foreground extent (one slice: the middle), 'random' draws them among the
-foreground slices with --seed.
+foreground slices with --seed, 'extremes' takes the largest and the smallest area in turn (on a
+cine loop with --classes lv and 2 slices: the end-diastolic and end-systolic frames).
 
 Example:
     jointreg sparsify data/liver --out data/liver_1slice --slices-per-volume 1
     jointreg sparsify data/liver --out data/liver_2vol --volumes 2 --seed 3
+    jointreg sparsify data/echo --out data/echo_ed_es --slices-per-volume 2 --strategy extremes --classes lv
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     amount = parser.add_mutually_exclusive_group(required=True)
     amount.add_argument("--slices-per-volume", type=int, metavar="K", help="annotated slices kept per volume")
     amount.add_argument("--volumes", type=int, metavar="N", help="fully annotated volumes kept (the others unlabelled)")
-    parser.add_argument("--strategy", choices=("largest", "even", "random"), default="largest",
-                        help="how slices are chosen (default: largest)")
+    parser.add_argument("--strategy", choices=("largest", "even", "random", "extremes"), default="largest",
+                        help="how slices are chosen (default: largest; extremes: largest and smallest area, "
+                             "e.g. ED and ES frames with --classes lv)")
     parser.add_argument("--axis", type=int, choices=(0, 1, 2), default=None,
                         help="slicing axis (default: each volume's through-plane axis)")
     parser.add_argument("--seed", type=int, default=0, help="seed for 'random' and --volumes (default: 0)")

@@ -18,7 +18,12 @@ Slice strategies, computed on the foreground area of each slice along the slicin
   k equal bins (index ``first + (j + 0.5) * n / k - 0.5`` rounded half up, ``n = last - first
   + 1``), so k = 1 is the middle of the extent;
 * ``random``: k foreground slices drawn with the seed (each case has its own stream, derived
-  from the seed and the case id, so adding a case does not change the others' draws).
+  from the seed and the case id, so adding a case does not change the others' draws);
+* ``extremes``: the slices with the largest and the smallest foreground area, taken in turn
+  (largest, smallest, second largest, second smallest, ...; ties: the lower index; slices
+  without foreground never count as the smallest). On a cine loop with the LV blood pool as the
+  only class, k = 2 keeps the end-diastolic and end-systolic frames, the two annotated frames
+  of CAMUS and EchoNet-Dynamic.
 
 A volume without foreground keeps no slice (a warning, and it is listed in the manifest). With
 ``volumes=n`` the seed picks n labelled cases that keep their full labels; the others become
@@ -46,7 +51,7 @@ from jointreg.utils.atomic import atomic_dir, write_json
 
 logger = logging.getLogger(__name__)
 
-STRATEGIES = ("largest", "even", "random")
+STRATEGIES = ("largest", "even", "random", "extremes")
 MANIFEST_NAME = "sparsify.json"
 
 
@@ -66,7 +71,8 @@ def select_slices(areas: np.ndarray, k: int, strategy: str, rng: np.random.Gener
     Args:
         areas: foreground voxels per slice, ``(S,)``.
         k: number of slices wanted (fewer when the volume has fewer foreground slices).
-        strategy: ``"largest"``, ``"even"`` or ``"random"`` (see the module docstring).
+        strategy: ``"largest"``, ``"even"``, ``"random"`` or ``"extremes"`` (see the module
+            docstring).
         rng: random generator, required for ``"random"``.
 
     Returns:
@@ -83,6 +89,15 @@ def select_slices(areas: np.ndarray, k: int, strategy: str, rng: np.random.Gener
     if strategy == "largest":
         order = sorted(foreground.tolist(), key=lambda i: (-int(areas[i]), i))
         return sorted(order[:k])
+    if strategy == "extremes":
+        largest = sorted(foreground.tolist(), key=lambda i: (-int(areas[i]), i))
+        smallest = sorted(foreground.tolist(), key=lambda i: (int(areas[i]), i))
+        kept: list[int] = []
+        for pair in zip(largest, smallest):
+            for i in pair:
+                if i not in kept and len(kept) < k:
+                    kept.append(i)
+        return sorted(kept)
     if strategy == "even":
         first, last = int(foreground[0]), int(foreground[-1])
         n = last - first + 1
@@ -169,7 +184,7 @@ def sparsify_dataset(
         out: the new dataset folder; built under a temporary name, it appears only when complete.
         slices_per_volume: keep this many slices per training volume ...
         volumes: ... or keep this many whole training volumes (exactly one of the two).
-        strategy: slice choice, ``"largest"``, ``"even"`` or ``"random"``.
+        strategy: slice choice, ``"largest"``, ``"even"``, ``"random"`` or ``"extremes"``.
         axis: slicing axis (default: each volume's through-plane axis, the largest spacing).
         seed: seed of the ``"random"`` strategy and of the choice of volumes.
         classes: foreground class names that count for the slice choice (default: all).

@@ -38,7 +38,7 @@ class FoldsConfig:
     dataset: str = ""
     seed: int = 0
     slices_per_volume: int = 1
-    strategy: Literal["largest", "even", "random"] = "largest"
+    strategy: Literal["largest", "even", "random", "extremes"] = "largest"
     classes: tuple[str, ...] = ()
 
     def __post_init__(self):

@@ -32,3 +32,13 @@ def test_amount_is_required(make_dataset, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["sparsify", str(source), "--out", str(tmp_path / "o")])
     assert exit_info.value.code == 2
+
+
+def test_extremes_strategy_keeps_the_largest_and_smallest_area(make_dataset, tmp_path, capsys):
+    source = make_dataset(n_cases=1, shape=(16, 16, 6))
+    out = tmp_path / "ends"
+    assert main(["sparsify", str(source), "--out", str(out), "--slices-per-volume", "2",
+                 "--strategy", "extremes", "--classes", "organ"]) == 0
+    assert "(extremes, 2 per volume)" in capsys.readouterr().out
+    entry = json.loads((out / "sparsify.json").read_text())["cases"]["case000"]
+    assert len(entry["slices"]) == 2 and max(entry["areas"]) > min(entry["areas"])

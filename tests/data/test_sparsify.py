@@ -31,6 +31,17 @@ def test_even_spreads_over_the_foreground_extent():
     assert select_slices(np.array([0, 0, 1, 0, 0, 1]), 1, "even") == [4]   # extent 2..5: 3.5 rounds up
 
 
+def test_extremes_take_largest_and_smallest_in_turn():
+    areas = np.array([0, 5, 9, 2, 9, 0, 2, 7])          # the ED/ES rule on a cine loop's LV areas
+    assert select_slices(areas, 2, "extremes") == [2, 3]              # largest 9 and smallest 2: lower indices
+    assert select_slices(areas, 1, "extremes") == select_slices(areas, 1, "largest") == [2]
+    assert select_slices(areas, 3, "extremes") == [2, 3, 4]           # then the second largest
+    assert select_slices(areas, 4, "extremes") == [2, 3, 4, 6]        # and the second smallest
+    assert select_slices(areas, 20, "extremes") == [1, 2, 3, 4, 6, 7]   # empty slices never count
+    assert select_slices(np.array([0, 4, 0]), 2, "extremes") == [1]
+    assert select_slices(np.zeros(4), 2, "extremes") == []
+
+
 def test_random_is_deterministic_and_draws_foreground_only():
     areas = np.array([0, 1, 1, 1, 1, 1, 1, 1, 1, 0])
     first = select_slices(areas, 3, "random", case_rng(7, "caseA"))

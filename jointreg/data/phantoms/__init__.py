@@ -1,4 +1,4 @@
-"""Synthetic phantoms: abdominal CT and cardiac cine-MR volumes with exact labels.
+"""Synthetic phantoms: abdominal CT, cardiac cine-MR volumes and echo cine loops with exact labels.
 
 The phantoms are the test data of the project and the data of ``jointreg demo``. They are built
 to matter for registration: every organ is a deformed implicit shape whose cross-section changes
@@ -29,6 +29,14 @@ Kinds (see :data:`PHANTOM_KINDS`):
     Short-axis bSSFP-like stack, 128×128×12 voxels at 1.8×1.8×8 mm (axis 2 runs apex → base and
     beyond into the atria). Labels follow ACDC: background 0, rv 1, myocardium 2, lv 3; papillary
     muscles belong to the LV cavity (ACDC convention).
+``echo-a4c``
+    Apical four-chamber-like B-mode echocardiography loop as a 2D+t "volume", 112×112×32 at
+    1.5×1.5 mm × 33 ms: axis 0 lateral, axis 1 depth from the probe, axis 2 time (frames are the
+    slices; the third spacing is the frame interval in milliseconds). Sector field of view,
+    speckle, depth attenuation; the LV contracts and the LA fills over one to two beats. Labels
+    follow CAMUS: background 0, lv 1, myocardium 2, atrium 3 (left). :func:`ed_es_frames` gives the ED and
+    ES frames; ``jointreg sparsify --strategy extremes --classes lv --slices-per-volume 2``
+    keeps only those two annotated, as in the echo datasets.
 
 Modules, from the building blocks up:
 
@@ -36,7 +44,8 @@ Modules, from the building blocks up:
 * :mod:`~jointreg.data.phantoms.grid`: the voxel grid and the deformed anatomical coordinates;
 * :mod:`~jointreg.data.phantoms.shapes`: implicit shapes (ellipsoids, tubes, superellipses);
 * :mod:`~jointreg.data.phantoms.painting`: the tissue map, its rendering and blur;
-* :mod:`~jointreg.data.phantoms.liver_ct`, :mod:`~jointreg.data.phantoms.cardiac_mr`: the kinds;
+* :mod:`~jointreg.data.phantoms.liver_ct`, :mod:`~jointreg.data.phantoms.cardiac_mr`,
+  :mod:`~jointreg.data.phantoms.echo`: the kinds;
 * :mod:`~jointreg.data.phantoms.kinds`: the registry and :func:`make_phantom`;
 * :mod:`~jointreg.data.phantoms.generate`: :func:`generate_phantom_dataset`.
 
@@ -48,6 +57,7 @@ Example:
 """
 
 from jointreg.data.phantoms.cardiac_mr import CARDIAC_LABELS, CARDIAC_TISSUES
+from jointreg.data.phantoms.echo import ECHO_LABELS, ECHO_TISSUES, CardiacCycle, draw_cycle, ed_es_frames
 from jointreg.data.phantoms.generate import generate_phantom_dataset
 from jointreg.data.phantoms.grid import Grid, Shape3, Spacing3, deformed_coordinates
 from jointreg.data.phantoms.kinds import (
@@ -58,6 +68,7 @@ from jointreg.data.phantoms.kinds import (
     case_seed,
     make_phantom,
     phantom_kind,
+    phantom_rng,
     resolve_geometry,
 )
 from jointreg.data.phantoms.liver_ct import LIVER_LABELS, LIVER_TISSUES
@@ -72,6 +83,9 @@ _smooth_noise = smooth_noise
 __all__ = [
     "CARDIAC_LABELS",
     "CARDIAC_TISSUES",
+    "CardiacCycle",
+    "ECHO_LABELS",
+    "ECHO_TISSUES",
     "LIVER_LABELS",
     "LIVER_TISSUES",
     "PHANTOM_KINDS",
@@ -81,8 +95,11 @@ __all__ = [
     "Spacing3",
     "case_id",
     "case_seed",
+    "draw_cycle",
+    "ed_es_frames",
     "generate_phantom_dataset",
     "make_phantom",
     "phantom_kind",
+    "phantom_rng",
     "resolve_geometry",
 ]

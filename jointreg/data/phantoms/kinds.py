@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from jointreg.data.phantoms.cardiac_mr import CARDIAC_LABELS, CARDIAC_TISSUE_LABELS, CARDIAC_TISSUES, build_cardiac_mr
+from jointreg.data.phantoms.echo import ECHO_LABELS, ECHO_TISSUE_LABELS, ECHO_TISSUES, build_echo_a4c
 from jointreg.data.phantoms.grid import Grid, Shape3, Spacing3
 from jointreg.data.phantoms.liver_ct import LIVER_LABELS, LIVER_TISSUE_LABELS, LIVER_TISSUES, build_liver_ct
 from jointreg.errors import ConfigError
@@ -19,9 +20,12 @@ class Phantom:
     """One synthetic volume with its exact ground truth.
 
     Attributes:
-        image: ``(X, Y, Z)`` float32 intensities (HU for CT, scanner-like integers for MR).
+        image: ``(X, Y, Z)`` float32 intensities (HU for CT, scanner-like integers for MR,
+            0–255 grey levels for echo).
         label: ``(X, Y, Z)`` int16 class ids, see ``labels``.
         affine: 4×4 voxel-to-world matrix (RAS+, millimetres), diagonal, origin at the centre.
+            For a cine loop (``echo-a4c``) axis 2 is time and its column holds the frame
+            interval in milliseconds.
         labels: class name -> id, background included.
         kind: the phantom kind that made it (a key of :data:`PHANTOM_KINDS`).
         tissue: ``(X, Y, Z)`` uint8 tissue ids, finer than ``label`` (bone, fat, vessels...).
@@ -38,13 +42,13 @@ class Phantom:
 
     @property
     def spacing(self) -> Spacing3:
-        """Voxel size per array axis in millimetres."""
+        """Voxel size per array axis in millimetres (axis 2 of a cine loop: the frame interval in ms)."""
         norms = np.linalg.norm(self.affine[:3, :3], axis=0)
         return (float(norms[0]), float(norms[1]), float(norms[2]))
 
     @property
     def modality(self) -> str:
-        """Channel name for ``dataset.json`` (``CT`` or ``MR``)."""
+        """Channel name for ``dataset.json`` (``CT``, ``MR`` or ``US``)."""
         return PHANTOM_KINDS[self.kind].modality
 
     def tissue_mask(self, *names: str) -> np.ndarray:
@@ -64,7 +68,8 @@ class PhantomKind:
         modality: ``dataset.json`` channel name.
         labels: class name -> id written to ``dataset.json``.
         shape: default grid ``(X, Y, Z)``.
-        spacing: default voxel size in millimetres; axis 2 is the through-plane axis.
+        spacing: default voxel size in millimetres; axis 2 is the through-plane axis (for a cine
+            loop, time: the frame interval in milliseconds).
         build: ``build(rng, grid) -> (image, tissue)``.
         tissues: tissue names in id order (id = position).
         tissue_labels: tissue name -> class name for the tissues that carry a label.
@@ -98,6 +103,12 @@ PHANTOM_KINDS: dict[str, PhantomKind] = {
         name="cardiac-mr", modality="MR", labels=CARDIAC_LABELS, shape=(128, 128, 12), spacing=(1.8, 1.8, 8.0),
         build=build_cardiac_mr, tissues=CARDIAC_TISSUES, tissue_labels=CARDIAC_TISSUE_LABELS,
         description="short-axis cine bSSFP MR: rv, myocardium, lv (ACDC ids)",
+    ),
+    # A 2D+t loop: axis 2 is time and its "spacing" the frame interval in ms (see echo.py).
+    "echo-a4c": PhantomKind(
+        name="echo-a4c", modality="US", labels=ECHO_LABELS, shape=(112, 112, 32), spacing=(1.5, 1.5, 33.0),
+        build=build_echo_a4c, tissues=ECHO_TISSUES, tissue_labels=ECHO_TISSUE_LABELS,
+        description="apical four-chamber echo cine loop, frames on axis 2 (33 ms apart): lv, myocardium, atrium (CAMUS ids)",
     ),
 }
 
@@ -148,11 +159,12 @@ def make_phantom(kind: str, seed: int, *, shape: Shape3 | None = None, spacing: 
     """Draw one phantom volume.
 
     Args:
-        kind: a key of :data:`PHANTOM_KINDS` (``liver-ct``, ``cardiac-mr``).
+        kind: a key of :data:`PHANTOM_KINDS` (``liver-ct``, ``cardiac-mr``, ``echo-a4c``).
         seed: any non-negative integer; the same seed, kind, shape and spacing give a bit-identical
             phantom. With the default field of view the anatomy of a seed is the same at any shape.
         shape: grid ``(X, Y, Z)``; default the kind's (see :func:`resolve_geometry`).
-        spacing: voxel size in millimetres; axis 2 is the through-plane axis.
+        spacing: voxel size in millimetres; axis 2 is the through-plane axis (``echo-a4c``:
+            the frame interval in milliseconds).
 
     Returns:
         A :class:`Phantom` with float32 image, int16 label, affine and label names.
@@ -167,9 +179,7 @@ def make_phantom(kind: str, seed: int, *, shape: Shape3 | None = None, spacing: 
     shape, spacing = resolve_geometry(kind, shape, spacing)
     fov = spec.field_of_view if keeps_fov else tuple(n * s for n, s in zip(shape, spacing))
     grid = Grid(shape, spacing, fov)  # type: ignore[arg-type]
-    # The kind's name is mixed into the seed so that two kinds with one seed are unrelated.
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), *spec.name.encode()]))
-    image, tissue = spec.build(rng, grid)
+    image, tissue = spec.build(phantom_rng(spec.name, seed), grid)
     lut = np.zeros(len(spec.tissues), np.int16)
     for tissue_name, class_name in spec.tissue_labels.items():
         lut[spec.tissues.index(tissue_name)] = spec.labels[class_name]
@@ -182,6 +192,14 @@ def make_phantom(kind: str, seed: int, *, shape: Shape3 | None = None, spacing: 
         tissue=tissue,
         tissues={n: i for i, n in enumerate(spec.tissues)},
     )
+
+
+def phantom_rng(kind: str, seed: int) -> np.random.Generator:
+    """The random stream :func:`make_phantom` gives the kind's ``build`` for ``seed``.
+
+    The kind's name is mixed into the seed so that two kinds with one seed are unrelated.
+    """
+    return np.random.default_rng(np.random.SeedSequence([int(seed), *kind.encode()]))
 
 
 def case_seed(seed: int, index: int) -> int:

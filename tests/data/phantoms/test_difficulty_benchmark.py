@@ -35,3 +35,13 @@ def test_copy_label_protocol_known_answer():
     assert summary["dice_mean"] == pytest.approx((0.8 + 2 / 3) / 4, abs=1e-4)
     assert summary["dice_mean_structure_slices"] == pytest.approx((0.8 + 2 / 3) / 2, abs=1e-4)
     assert bench.copy_label_pairs(np.zeros((3, 3, 3), bool)) == []
+
+
+def test_ed_copy_protocol_known_answer():
+    bench = _benchmark()
+    label = np.zeros((4, 4, 3), np.int16)
+    label[0:2, 0:2, 0] = 1              # area 4: ED
+    label[0:2, 0:1, 1] = 1              # area 2, inside the ED mask
+    label[2:4, 2:4, 2] = 1              # area 4, disjoint
+    pairs = bench.ed_copy_pairs(label, 1, ed=0)
+    assert [(o, round(d, 4), has) for o, d, has in pairs] == [(1, round(2 * 2 / 6, 4), True), (2, 0.0, True)]

@@ -82,7 +82,7 @@ def test_resolve_geometry_keeps_the_field_of_view():
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        ({"kind": "lung-ct"}, "valid kinds: cardiac-mr, liver-ct"),
+        ({"kind": "lung-ct"}, "valid kinds: cardiac-mr, echo-a4c, liver-ct"),
         ({"shape": (4, 64, 10)}, "too small"),
         ({"shape": (64, 64)}, "three positive integers"),
         ({"spacing": (1.0, -1.0, 2.0)}, "positive millimetre"),
