@@ -225,7 +225,7 @@ def load_model_folder(
     model.to(device).eval()
     if config["kind"] == "registration" and config["arguments"].get("spatial_dims", 2) == 2:
         # 2D convolutions in the channels-last layout that oneDNN prefers: FMIRNet registers
-        # 1.1-1.3x more pairs per second on a CPU (results/registration_speed.md, "Peers");
+        # 1.09-1.15x more pairs per second on a CPU (results/registration_speed.md, "Peers");
         # 3D networks keep their layout.
         import torch
 
