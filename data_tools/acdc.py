@@ -75,38 +75,10 @@ def read_info(path: str | Path) -> PatientInfo:
     """
     from jointreg.errors import InputError
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file not found (every ACDC patient folder has an Info.cfg)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"cannot read ({exc})") from None
-    fields: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        key, sep, value = line.partition(":")
-        if not sep or not key.strip():
-            raise InputError(path, f"line {number} is not 'Key: value': {line.strip()!r}")
-        fields[key.strip()] = value.strip()
+    from data_tools._common.cfg import ed_es_frames, read_key_values
 
-    def integer(key: str, required: bool) -> int | None:
-        if key not in fields:
-            if required:
-                raise InputError(path, f"has no '{key}:' line")
-            return None
-        value = fields[key]
-        try:
-            number = float(value)
-        except ValueError:
-            number = float("nan")
-        if not number.is_integer():
-            raise InputError(path, f"'{key}: {value}' is not a whole number")
-        number = int(number)
-        if number < 1:
-            raise InputError(path, f"'{key}: {value}' must be at least 1")
-        return number
+    path = Path(path)
+    fields = read_key_values(path, "every ACDC patient folder has an Info.cfg")
 
     def real(key: str) -> float | None:
         if key not in fields:
@@ -116,12 +88,7 @@ def read_info(path: str | Path) -> PatientInfo:
         except ValueError:
             raise InputError(path, f"'{key}: {fields[key]}' is not a number") from None
 
-    ed, es = integer("ED", True), integer("ES", True)
-    frames = integer("NbFrame", False)
-    if ed == es:
-        raise InputError(path, f"ED and ES are the same frame ({ed})")
-    if frames is not None and max(ed, es) > frames:
-        raise InputError(path, f"ED {ed} / ES {es} beyond NbFrame {frames}")
+    ed, es, frames = ed_es_frames(fields, path)
     return PatientInfo(ed, es, fields.get("Group", ""), real("Height"), real("Weight"), frames)
 
 
@@ -250,11 +217,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, type=Path, metavar="DIR", help="ACDC database/ (or training/testing parent, or patients folder)")
     parser.add_argument("--split", choices=("all", "training", "testing"), default="all", help="official folders to convert (default all)")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="dataset folder to create")
-    parser.add_argument("--name", default="", help="dataset name for dataset.json (default: the folder name)")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--test-cases", nargs="+", default=[], metavar="ID", help="training patients (or cases) moved to imagesTs/labelsTs")
-    group.add_argument("--test-fraction", type=float, default=0.0, metavar="F", help="random fraction of training patients for the test split")
-    parser.add_argument("--seed", type=int, default=0, help="seed of --test-fraction's draw (default 0)")
+    _common.add_split_arguments(parser, cases="training patients (or cases) moved to imagesTs/labelsTs",
+                                fraction="random fraction of training patients for the test split")
     parser.add_argument("--tolerance", type=float, default=1e-3, metavar="MM", help="largest frame/ground-truth affine difference (default 0.001 mm)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 

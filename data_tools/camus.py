@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from data_tools import _common
+from data_tools._common.cfg import ed_es_frames, positive_number, read_key_values
 from jointreg.errors import ConfigError, InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -100,47 +101,13 @@ def read_info(path: str | Path) -> ViewInfo:
             numbers >= 1, ED equal to ES, a frame beyond NbFrame, a FrameRate that is not a
             positive number.
     """
-    import math
-
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file not found (every CAMUS patient folder has an Info_<view>.cfg per view)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"cannot read ({exc})") from None
-    fields: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        key, sep, value = line.partition(":")
-        if not sep or not key.strip():
-            raise InputError(path, f"line {number} is not 'Key: value': {line.strip()!r}")
-        fields[key.strip()] = value.strip()
-
-    def whole(key: str, required: bool) -> int | None:
-        if key not in fields:
-            if required:
-                raise InputError(path, f"has no '{key}:' line")
-            return None
-        value = fields[key]
-        if not value.isdigit() or int(value) < 1:
-            raise InputError(path, f"'{key}: {value}' is not a whole number >= 1")
-        return int(value)
-
-    ed, es = whole("ED", True), whole("ES", True)
-    frames = whole("NbFrame", False)
-    if ed == es:
-        raise InputError(path, f"ED and ES are the same frame ({ed})")
-    if frames is not None and max(ed, es) > frames:
-        raise InputError(path, f"ED {ed} / ES {es} beyond NbFrame {frames}")
+    fields = read_key_values(path, "every CAMUS patient folder has an Info_<view>.cfg per view")
+    ed, es, frames = ed_es_frames(fields, path)
     rate = None
     if "FrameRate" in fields:
-        try:
-            rate = float(fields["FrameRate"])
-        except ValueError:
-            rate = float("nan")
-        if not (math.isfinite(rate) and rate > 0):
+        rate = positive_number(fields["FrameRate"])
+        if rate is None:
             raise InputError(path, f"'FrameRate: {fields['FrameRate']}' is not a positive number")
     return ViewInfo(ed, es, frames, rate, fields)
 
@@ -416,11 +383,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--views", nargs="+", type=str.upper, choices=VIEWS, default=list(VIEWS), help="views to convert (default both)")
     parser.add_argument("--fps", type=float, metavar="F", help="frame rate where the cfg has no FrameRate (default: interval unknown, 1 per frame)")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="dataset folder to create")
-    parser.add_argument("--name", default="", help="dataset name for dataset.json (default: the folder name)")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--test-cases", nargs="+", default=[], metavar="ID", help="training patients (or cases) moved to imagesTs/labelsTs")
-    group.add_argument("--test-fraction", type=float, default=0.0, metavar="F", help="random fraction of training patients for the test split")
-    parser.add_argument("--seed", type=int, default=0, help="seed of --test-fraction's draw (default 0)")
+    _common.add_split_arguments(parser, cases="training patients (or cases) moved to imagesTs/labelsTs",
+                                fraction="random fraction of training patients for the test split")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
 

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from data_tools import _common
+from data_tools._common.cfg import positive_number
 from jointreg.errors import ConfigError, InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -176,8 +177,6 @@ def read_file_list(path: str | os.PathLike[str]) -> list[VideoEntry]:
         InputError: missing file or column, an unknown Split, an FPS that is not a positive
             number, a FileName given twice.
     """
-    import math
-
     path = Path(path)
     entries: list[VideoEntry] = []
     seen: dict[str, int] = {}
@@ -192,11 +191,8 @@ def read_file_list(path: str | os.PathLike[str]) -> list[VideoEntry]:
             split = row["Split"].upper()
             if split not in SPLITS:
                 raise InputError(path, f"line {line}: Split {row['Split']!r} is not one of {', '.join(SPLITS)}")
-            try:
-                fps = float(row["FPS"])
-            except ValueError:
-                fps = float("nan")
-            if not (math.isfinite(fps) and fps > 0):
+            fps = positive_number(row["FPS"])
+            if fps is None:
                 raise InputError(path, f"line {line}: FPS {row['FPS']!r} is not a positive number")
             entries.append(VideoEntry(name, split, fps, row, line))
     if not entries:

@@ -16,13 +16,19 @@ def add_output_arguments(parser: argparse.ArgumentParser, *, modality_required: 
         help="channel name written to dataset.json: CT (HU windowing) or MR/T1/T2/echo (percentile "
         "normalisation)" + ("" if modality_required else "; default: the DICOM Modality tag"),
     )
-    parser.add_argument("--name", default="", help="dataset name for dataset.json (default: the folder name)")
     parser.add_argument("--case-prefix", default="", metavar="P", help="put P in front of every case id (e.g. chaos_)")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--test-cases", nargs="+", default=[], metavar="ID", help="cases for imagesTs/labelsTs")
-    group.add_argument("--test-fraction", type=float, default=0.0, metavar="F", help="random fraction of cases for the test split")
-    parser.add_argument("--seed", type=int, default=0, help="seed of --test-fraction's draw (default 0)")
+    add_split_arguments(parser, cases="cases for imagesTs/labelsTs", fraction="random fraction of cases for the test split")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+
+def add_split_arguments(parser: argparse.ArgumentParser, *, cases: str, fraction: str) -> None:
+    """``--name``, ``--test-cases`` or ``--test-fraction`` (with ``--seed``); ``cases`` and
+    ``fraction`` are the help texts of the two split options."""
+    parser.add_argument("--name", default="", help="dataset name for dataset.json (default: the folder name)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--test-cases", nargs="+", default=[], metavar="ID", help=cases)
+    group.add_argument("--test-fraction", type=float, default=0.0, metavar="F", help=fraction)
+    parser.add_argument("--seed", type=int, default=0, help="seed of --test-fraction's draw (default 0)")
 
 
 def add_label_map_arguments(parser: argparse.ArgumentParser) -> None:

@@ -57,3 +57,14 @@ def chosen_shard(args: argparse.Namespace):
             raise ConfigError("--merge deletes nothing and takes no --overwrite")
         return None
     return resolve_shard(args.shard)
+
+
+def shard_line(line: str, shard, missing: list, total: int, *, unit: str, complete: str) -> str:
+    """A bulk command's summary ``line``, for a shard prefixed with it and followed by where the
+    whole job stands (how many of ``total`` are still missing, or what completed it)."""
+    if shard is None:
+        return line
+    state = (f"{len(missing)} of {total} {unit} still missing (other shards)" if missing
+             else f"all {total} {unit} finished, {complete}")
+    return f"shard {shard}: {line}; {state}"
+

@@ -36,7 +36,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from jointreg.cli._options import add_inference_options, add_shard_options, chosen_shard
+from jointreg.cli._options import add_inference_options, add_shard_options, chosen_shard, shard_line
 
 NAME = "pseudolabel"
 HELP = "write complete pseudo-labels for a sparse dataset (resumable, parallel)"
@@ -90,10 +90,6 @@ def run(args: argparse.Namespace) -> int:
     methods = ", ".join(f"{n} {m}" for m, n in sorted(summary["methods"].items()))
     skipped = f", {summary['skipped']} already done" if summary["skipped"] else ""
     line = f"pseudo-labelled {summary['labelled']} case(s){skipped} into {summary['out']}" + (f" ({methods})" if methods else "")
-    if summary["shard"] is not None:
-        missing = len(summary["missing"])
-        state = (f"{missing} of {summary['cases']} case(s) still missing (other shards)" if missing
-                 else f"all {summary['cases']} case(s) finished, dataset.json written")
-        line = f"shard {summary['shard']}: {line}; {state}"
-    print(line)
+    print(shard_line(line, summary["shard"], summary["missing"], summary["cases"], unit="case(s)",
+                     complete="dataset.json written"))
     return 0

@@ -34,7 +34,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from jointreg.cli._options import add_inference_options, add_shard_options, chosen_shard
+from jointreg.cli._options import add_inference_options, add_shard_options, chosen_shard, shard_line
 
 NAME = "segment"
 HELP = "segment NIfTI volumes with a trained segmentor (labels keep the input geometry)"
@@ -69,10 +69,6 @@ def run(args: argparse.Namespace) -> int:
     done = len(manifest["already_done"])
     line = (f"segmented {len(manifest['cases']) - done} volume(s)" + (f", {done} already done," if done else "")
             + f" into {args.out}" + (f" ({warned} with geometry warnings)" if warned else ""))
-    if manifest["shard"] is not None:
-        missing = len(manifest["missing"])
-        state = (f"{missing} of {manifest['total']} volume(s) still missing (other shards)" if missing
-                 else f"all {manifest['total']} volume(s) finished, segmentation.json complete")
-        line = f"shard {manifest['shard']}: {line}; {state}"
-    print(line)
+    print(shard_line(line, manifest["shard"], manifest["missing"], manifest["total"], unit="volume(s)",
+                     complete="segmentation.json complete"))
     return 0
