@@ -223,13 +223,6 @@ def load_model_folder(
     _check_state(folder, model.state_dict(), state)
     model.load_state_dict(state, strict=True)
     model.to(device).eval()
-    if config["kind"] == "registration" and config["arguments"].get("spatial_dims", 2) == 2:
-        # 2D convolutions in the channels-last layout that oneDNN prefers: FMIRNet registers
-        # 1.09-1.15x more pairs per second on a CPU (results/registration_speed.md, "Peers");
-        # 3D networks keep their layout.
-        import torch
-
-        model.to(memory_format=torch.channels_last)
     return LoadedModel(model, config["kind"], config["architecture"], config, folder)
 
 

@@ -118,6 +118,7 @@ class CaseLabeller:
         from jointreg.data.dataset import Dataset
         from jointreg.data.slices import SliceSpec
         from jointreg.export.model_folder import load_model_folder
+        from jointreg.inference.run_models import for_inference
         from jointreg.utils.device import resolve_device, set_threads
 
         set_threads(job.threads)
@@ -127,7 +128,8 @@ class CaseLabeller:
         self.spec = SliceSpec.from_dict(job.preprocessing)
         self.registration = self.segmentor = None
         if job.models.get("registration") and job.settings.mode != "segmentor":
-            self.registration = load_model_folder(job.models["registration"], device=self.device, kind="registration").model
+            self.registration = for_inference(
+                load_model_folder(job.models["registration"], device=self.device, kind="registration").model)
         self.largest_component: list[int] = []
         if job.models.get("segmentor"):
             from jointreg.inference.postprocess import largest_component_classes

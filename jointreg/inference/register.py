@@ -349,6 +349,7 @@ def register_files(
     """
     from jointreg.data.nifti import write_volume
     from jointreg.export.model_folder import load_model_folder
+    from jointreg.inference.run_models import for_inference
     from jointreg.utils.atomic import atomic_dir, write_json
     from jointreg.utils.device import resolve_device
     from jointreg.version import __version__
@@ -359,6 +360,7 @@ def register_files(
     if out.exists() and not overwrite:
         raise InputError(out, "already exists (pass --overwrite to replace it)")
     loaded = load_model_folder(model, device=resolve_device(device), kind="registration")
+    for_inference(loaded.model)
     moving_volume = read_input_image(moving)
     fixed_volume = read_input_image(fixed)
     label_volume = read_input_labels(labels) if labels is not None else None

@@ -39,8 +39,12 @@ def _digests(root: Path) -> dict[str, str]:
 
 
 def _at_once(commands: list[list[str]], cwd: Path) -> list[subprocess.CompletedProcess]:
-    """Start every ``jointreg`` command line at the same time; wait for all of them."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    """Start every ``jointreg`` command line at the same time; wait for all of them. They use
+    this process's torch thread count: the references are computed here, and a float reduction
+    split over another number of threads can differ in the last bits."""
+    import torch
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     processes = [subprocess.Popen([sys.executable, "-m", "jointreg.cli.main", *map(str, c)], cwd=cwd, env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands]
     results = []
@@ -350,8 +354,10 @@ def test_under_torchrun_each_process_takes_its_shard_by_itself(pseudo, tmp_path)
     """``torchrun --nproc-per-node 2 -m jointreg pseudolabel ...`` without --shard: ranks 0 and 1
     take shards 0/2 and 1/2 and together write the files of the unsharded job. (``--run-folder``:
     torchrun's parser reads ``--run`` as an ambiguous abbreviation of its ``--run-path``.)"""
+    import torch
+
     out = tmp_path / "torchrun"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(torch.get_num_threads())}  # as the reference
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "jointreg", "pseudolabel", "--run-folder", str(pseudo["run"]), "--dataset", str(pseudo["sparse"]),
                "--out", str(out), "--mode", "segmentor", "--no-progress"]
