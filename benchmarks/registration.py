@@ -346,11 +346,15 @@ def accuracy_overrides(setting: str, architecture: str, dataset: Path, args: arg
     ]
 
 
-def field_protocol(model, dataset: Path, radius: int = 6) -> dict:
+def field_protocol(model, dataset: Path, radius: int = 6, *, cross_volume: bool = False) -> dict:
     """The slice-propagation protocol (docs/design.md) on the test split, at the source resolution.
 
     ``model`` is a loaded registration model folder, or ``None`` for the identity (copying the
     label). Returns per-pair means and standard deviations and per-volume means.
+
+    ``cross_volume``: the moving slice (and its label) comes from the next test volume (in case
+    order, cyclically) instead of the fixed slices' own volume, so whole-image differences
+    (position, size, orientation) must be registered too; the fixed slices are the same.
     """
     import numpy as np
 
@@ -360,34 +364,41 @@ def field_protocol(model, dataset: Path, radius: int = 6) -> dict:
 
     ds = Dataset.open(dataset)
     rows = []
-    for case in ds.cases("Ts"):
+    cases = ds.cases("Ts")
+    for index, case in enumerate(cases):
         image, label = ds.read_image(case, "Ts"), ds.read_label(case, "Ts")
         liver = label.array == LIVER
         area = liver.sum(axis=(0, 1))  # slices along axis 2 (the through-plane axis of both data sets)
         moving = int(area.argmax())
         fixed = [f for f in range(image.shape[2]) if f != moving and (area[f] > 0 or abs(f - moving) <= radius)]
+        source, source_label, source_slice = image, label, moving
+        if cross_volume:
+            other = cases[(index + 1) % len(cases)]
+            source, source_label = ds.read_image(other, "Ts"), ds.read_label(other, "Ts")
+            source_slice = int((source_label.array == LIVER).sum(axis=(0, 1)).argmax())
         result = None
         if model is not None:
-            result = register_volumes(model, image, image, moving_labels=label, slice_map=[(moving, f) for f in fixed], axis=2)
+            result = register_volumes(model, source, image, moving_labels=source_label,
+                                      slice_map=[(source_slice, f) for f in fixed], axis=2)
         for k, f in enumerate(fixed):
             truth = liver[:, :, f]
-            row = {"case": case, "moving": moving, "fixed": f, "identity_dice": dice(liver[:, :, moving], truth)}
+            row = {"case": case, "moving": source_slice, "fixed": f}
+            if not cross_volume:
+                row["identity_dice"] = dice(liver[:, :, moving], truth)
             if result is not None:
                 pair = result.pairs[k]
-                row.update(
-                    dice=dice(result.warped_labels[:, :, f] == LIVER, truth), ncc=pair["ncc"],
-                    identity_ncc=pair["identity_ncc"], folding_percent=pair["folding_percent"], sdlogj=pair["sdlogj"],
-                )
+                row.update(dice=dice(result.warped_labels[:, :, f] == LIVER, truth),
+                           **{key: pair[key] for key in PAIR_METRICS if key in pair})
             else:
                 row["dice"] = row["identity_dice"]
             rows.append(row)
-    metrics = [k for k in ("dice", "identity_dice", "ncc", "identity_ncc", "folding_percent", "sdlogj") if k in rows[0]]
+    metrics = [k for k in ("dice", "identity_dice", *PAIR_METRICS) if k in rows[0]]
     out = {"pairs": len(rows), "volumes": len({r["case"] for r in rows})}
     for key in metrics:
         values = np.array([r[key] for r in rows], float)
         out[key] = round(float(values.mean()), 4)
         out[f"{key}_std"] = round(float(values.std()), 4)
-    if model is not None:
+    if model is not None and not cross_volume:
         from scipy.stats import wilcoxon
 
         gain = np.array([r["dice"] - r["identity_dice"] for r in rows])
@@ -396,10 +407,32 @@ def field_protocol(model, dataset: Path, radius: int = 6) -> dict:
         out["pairs_worse"] = int((gain < 0).sum())
         # Paired two-sided Wilcoxon signed-rank test of Dice against copying the label.
         out["wilcoxon_p"] = float(wilcoxon(gain).pvalue) if np.any(gain != 0) else 1.0
+    out["per_pair_dice"] = [round(float(r["dice"]), 5) for r in rows]
     out["per_volume_dice"] = {
         c: round(float(np.mean([r["dice"] for r in rows if r["case"] == c])), 4) for c in sorted({r["case"] for r in rows})
     }
     return out
+
+
+PAIR_METRICS = ("ncc", "identity_ncc", "nmi", "identity_nmi", "ssim", "identity_ssim", "folding_percent", "sdlogj")
+
+
+def cross_volume_rows(model, dataset: Path, radius: int) -> dict:
+    """The cross-volume protocol for ``model`` and, through the same code path, the identity
+    (the model's preprocessing with a zero field), with the paired test between them."""
+    import dataclasses
+
+    import numpy as np
+    from scipy.stats import wilcoxon
+
+    identity = dataclasses.replace(model, model=create_registration_net("identity", spatial_dims=2))
+    warped = field_protocol(model, dataset, radius, cross_volume=True)
+    copied = field_protocol(identity, dataset, radius, cross_volume=True)
+    gain = np.array([warped["per_pair_dice"][k] - copied["per_pair_dice"][k] for k in range(len(warped["per_pair_dice"]))])
+    warped.update(identity_dice=copied["dice"], dice_gain_over_identity=round(float(gain.mean()), 4),
+                  pairs_improved=int((gain > 0).sum()), pairs_worse=int((gain < 0).sum()),
+                  wilcoxon_p=float(wilcoxon(gain).pvalue) if np.any(gain != 0) else 1.0)
+    return warped
 
 
 def cpu_seconds() -> float:
@@ -437,6 +470,7 @@ def accuracy_setting(setting: str, args: argparse.Namespace) -> dict:
         model = load_model_folder(summary["exported"]["registration"], device=resolve_device(args.device))
         t0, c0 = time.perf_counter(), cpu_seconds()
         field = field_protocol(model, dataset, radius=recipe.pairs.radius)
+        cross = cross_volume_rows(model, dataset, recipe.pairs.radius) if args.cross_volume else None
         report["models"][name] = {
             "recipe": str(recipe_path.relative_to(REPO)),
             "overrides": overrides,
@@ -447,6 +481,7 @@ def accuracy_setting(setting: str, args: argparse.Namespace) -> dict:
             "train_wall_seconds": round(train_wall, 1),
             "train_cpu_seconds": round(train_cpu, 1),
             "field_protocol": field,
+            "cross_volume": cross,
             "eval_seconds": round(time.perf_counter() - t0, 1),
             "eval_cpu_seconds": round(cpu_seconds() - c0, 1),
             "loop_evaluation_radius": summary.get("evaluation", {}).get("registration"),
@@ -499,8 +534,9 @@ def accuracy_markdown(report: dict, command: str) -> str:
                 lines += [f"skipped: {result['skipped']}", ""]
                 continue
             lines += [
-                "| model | parameters | liver Dice | Δ vs identity (pairs better/worse, Wilcoxon p) | NCC (identity → warped) | folding % | SDlogJ | loop eval Dice ±6 (identity) | train s | eval s |",
-                "|---|---|---|---|---|---|---|---|---|---|",
+                "| model | parameters | liver Dice | Δ vs identity (pairs better/worse, Wilcoxon p) | NCC (identity → warped) "
+                "| NMI | SSIM | folding % | SDlogJ | loop eval Dice ±6 (identity) | train s | eval s |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             identity = None
             for name, row in result["models"].items():
@@ -512,17 +548,27 @@ def accuracy_markdown(report: dict, command: str) -> str:
                 delta = "–"
                 if identity is not None and name != "identity":
                     delta = f"{f['dice'] - identity:+.3f} ({f['pairs_improved']}/{f['pairs_worse']}, p = {f['wilcoxon_p']:.1g})"
-                ncc = f"{f['identity_ncc']:.3f} → {f['ncc']:.3f}" if "ncc" in f else "–"
+                ncc, nmi, ssim = (_before_after(f, key) for key in ("ncc", "nmi", "ssim"))
                 loop = row.get("loop_evaluation_radius") or {}
                 loop_text = f"{loop['label_dice']:.3f} ({loop['identity_dice']:.3f})" if loop.get("label_dice") is not None else "–"
                 lines.append(
                     f"| {name} | {row.get('parameters', 0):,} | {f['dice']:.3f} ± {f['dice_std']:.3f} | {delta} | {ncc} | "
-                    f"{f.get('folding_percent', 0.0):.3f} | {f.get('sdlogj', 0.0):.3f} | {loop_text} | "
+                    f"{nmi} | {ssim} | {f.get('folding_percent', 0.0):.3f} | {f.get('sdlogj', 0.0):.3f} | {loop_text} | "
                     f"{row.get('train_wall_seconds', 0):.0f} | {row.get('eval_seconds', 0):.0f} |"
                 )
             pairs = next(iter(result["models"].values()))["field_protocol"]
             lines += ["", f"{pairs['pairs']} pairs in {pairs['volumes']} test volumes; data set {result['dataset']}; "
                       f"wall time {result['wall_seconds']:.0f} s, CPU time {result['cpu_seconds']:.0f} s.", ""]
+            crossed = {name: row["cross_volume"] for name, row in result["models"].items() if row.get("cross_volume")}
+            if crossed:
+                lines += [f"Cross-volume pairs ({setting}): the moving slice from the next test volume, the same fixed slices.", "",
+                          "| model | liver Dice | identity (same preprocessing, zero field) | Δ (better/worse, Wilcoxon p) | NCC | folding % |",
+                          "|---|---|---|---|---|---|"]
+                for name, c in crossed.items():
+                    lines.append(f"| {name} | {c['dice']:.3f} ± {c['dice_std']:.3f} | {c['identity_dice']:.3f} | "
+                                 f"{c['dice_gain_over_identity']:+.3f} ({c['pairs_improved']}/{c['pairs_worse']}, "
+                                 f"p = {c['wilcoxon_p']:.1g}) | {_before_after(c, 'ncc')} | {c.get('folding_percent', 0.0):.3f} |")
+                lines.append("")
     speed = report.get("speed")
     if speed:
         lines += ["## Speed (pairs/s, forward pass + image warp)", "",
@@ -533,6 +579,13 @@ def accuracy_markdown(report: dict, command: str) -> str:
                              f"{row['best_pairs_per_s']} | {row['batch1_peak_memory_mb']} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _before_after(row: dict, key: str) -> str:
+    """``identity → warped`` of a similarity, or ``–`` where the row has none."""
+    if key not in row or f"identity_{key}" not in row:
+        return "–"
+    return f"{row[f'identity_{key}']:.3f} → {row[key]:.3f}"
 
 
 PARTS = {"speed": run_speed, "accuracy": run_accuracy}
@@ -573,6 +626,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="accuracy data sets: phantom,chaos")
     parser.add_argument("--accuracy-models", type=lambda v: v.split(","), default=ACCURACY_MODELS,
                         help="accuracy: identity and registry names")
+    parser.add_argument("--cross-volume", action="store_true",
+                        help="accuracy: also the cross-volume protocol (moving slice from another test volume)")
     parser.add_argument("--steps", type=int, default=800, help="accuracy: training steps per model")
     parser.add_argument("--rounds", type=int, default=4, help="accuracy: validations (model selection) per run")
     parser.add_argument("--phantom-cases", type=int, default=8, help="accuracy: phantom training volumes (+4 test)")

@@ -188,7 +188,7 @@ def _forward(net, moving: np.ndarray, fixed: np.ndarray, device) -> tuple[torch.
     """Run the network on ``(B, *M)`` model-grid arrays; return the flow (CPU) and metrics."""
     import torch
 
-    from jointreg.metrics.registration import folding_percent, ncc, sdlogj
+    from jointreg.metrics.registration import folding_percent, ncc, nmi, sdlogj
 
     m = torch.from_numpy(np.ascontiguousarray(moving, np.float32))[:, None].to(device)
     f = torch.from_numpy(np.ascontiguousarray(fixed, np.float32))[:, None].to(device)
@@ -200,9 +200,23 @@ def _forward(net, moving: np.ndarray, fixed: np.ndarray, device) -> tuple[torch.
         if bool(finite.all()):
             metrics.update(
                 ncc=ncc(out.warped, f).cpu().numpy(), identity_ncc=ncc(m, f).cpu().numpy(),
+                nmi=nmi(out.warped, f).cpu().numpy(), identity_nmi=nmi(m, f).cpu().numpy(),
+                ssim=_ssim(out.warped, f), identity_ssim=_ssim(m, f),
                 folding_percent=folding_percent(flow).cpu().numpy(), sdlogj=sdlogj(flow).cpu().numpy(),
             )
     return flow.cpu(), metrics
+
+
+def _ssim(a, b) -> np.ndarray:
+    """SSIM per pair with the standard 11-pixel window, or the largest odd one the grid allows
+    (NaN on grids under 3 pixels)."""
+    from jointreg.metrics.registration import ssim
+
+    window = min(11, *a.shape[2:])
+    window -= 1 - window % 2
+    if window < 3:
+        return np.full(a.shape[0], np.nan)
+    return ssim(a, b, window=window).cpu().numpy()
 
 
 def _not_finite(model: LoadedModel, what: str, items: list[str]) -> JointregError:

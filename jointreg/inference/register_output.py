@@ -38,8 +38,8 @@ class RegistrationResult:
         registered: ``S3`` bool: the fixed voxels that were registered (all but the slices a
             slice map leaves out).
         pairs: one dict per registered pair with ``moving``, ``fixed`` (slice indices; both 0
-            for 3D models) and model-grid metrics ``ncc``, ``identity_ncc``,
-            ``folding_percent``, ``sdlogj``.
+            for 3D models) and model-grid metrics ``ncc``, ``nmi``, ``ssim`` (each also as
+            ``identity_*``: before registration), ``folding_percent``, ``sdlogj``.
         axis: the slicing axis (2D models) or ``None`` (3D models).
         inserted_axis: the axis added to a 2D fixed image, or ``None``.
     """
@@ -76,7 +76,7 @@ class RegistrationResult:
 
     def summary(self) -> dict[str, Any]:
         """Means of the per-pair metrics and the pair list (JSON-ready)."""
-        keys = ("ncc", "identity_ncc", "folding_percent", "sdlogj")
+        keys = ("ncc", "identity_ncc", "nmi", "identity_nmi", "ssim", "identity_ssim", "folding_percent", "sdlogj")
         means = {k: float(np.mean([p[k] for p in self.pairs])) for k in keys} if self.pairs else {}
         return {"pairs": len(self.pairs), **means}
 
