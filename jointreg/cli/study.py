@@ -1,6 +1,8 @@
 """Run a comparison study (FCN/UNet alone, RFCN/RUNet, VFCN/VUNet, FCN*/UNet*) from a study YAML.
 
-Runs that already finished with the same recipe are reused; an interrupted run is resumed.
+Runs that already finished with the same recipe are reused; an interrupted run is resumed. A run
+whose registration warm-up is the same as one another run of the study already did (RUNet and
+RFCN: only the segmentor differs) starts after it, with exactly the weights its own would give.
 Example:
   jointreg study recipes/study_chaos_t2_liver.yaml
   jointreg study recipes/study_chaos_t2_liver.yaml --only RUNet --set "seeds=[0, 1]"

@@ -44,6 +44,8 @@ from jointreg.training.propagation import SegmentationGroups
 from jointreg.training.rounds import end_of_round, save_last
 from jointreg.training.run_folder import open_run_folder, run_paths
 from jointreg.training.steps import registration_step, segmentation_step
+from jointreg.training.warm_start import FOLDER as WARMUP_FOLDER
+from jointreg.training.warm_start import apply_warm_start, rng_fingerprint, save_warmup, warmup_length
 from jointreg.utils.device import seed_everything, set_threads
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ class Run:
     device: torch.device
     show_progress: bool
     distributed: Distributed = Distributed()
+    fingerprint: str = ""  # torch's RNG state after building the networks (warm_start.py)
 
 
 def train(
@@ -72,6 +75,7 @@ def train(
     overwrite: bool = False,
     stop_after: int | None = None,
     progress: bool | None = None,
+    warm_start: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train the recipe's networks in a run folder; see the module docstring for the plan.
 
@@ -85,6 +89,9 @@ def train(
         stop_after: stop (with a checkpoint) once this many global steps are done; the run can
             be resumed later. Used to time-box runs and by the resume tests.
         progress: show a progress bar (default: the recipe's logging.progress).
+        warm_start: a ``checkpoints/registration_warmup`` folder of another run with the same
+            warm-up (:mod:`~jointreg.training.warm_start`): a new run starts after its
+            registration warm-up with that state. Ignored when resuming from a checkpoint.
 
     Returns:
         The run summary (also written to ``summary.json`` when the run completes).
@@ -104,7 +111,7 @@ def train(
         paths = run_paths(recipe, run_dir)
         with ExitStack() as folder:
             from_checkpoint = _open_folder(folder, recipe, paths, ctx, resume=resume, overwrite=overwrite)
-            summary = _train_in(recipe, paths, ctx, device, from_checkpoint, stop_after, progress)
+            summary = _train_in(recipe, paths, ctx, device, from_checkpoint, stop_after, progress, warm_start)
         finished = True
         return summary
     finally:
@@ -129,7 +136,7 @@ def _open_folder(folder: ExitStack, recipe: Recipe, paths: RunPaths, ctx: Distri
 
 
 def _train_in(recipe: Recipe, paths: RunPaths, ctx: Distributed, device: torch.device, from_checkpoint: bool,
-              stop_after: int | None, progress: bool | None) -> dict[str, Any]:
+              stop_after: int | None, progress: bool | None, warm_start: str | Path | None = None) -> dict[str, Any]:
     show_progress = (recipe.logging.progress if progress is None else progress) and ctx.is_main
     seed_everything(recipe.seed)
     set_threads(recipe.threads)
@@ -143,10 +150,13 @@ def _train_in(recipe: Recipe, paths: RunPaths, ctx: Distributed, device: torch.d
     plan = build_plan(recipe)
     total = total_steps(plan)
     state = TrainingState()
+    fingerprint = rng_fingerprint()
     if from_checkpoint:
         state = restore_payload(nets, load_checkpoint(paths.last))
     logger = RunLogger(recipe, paths, state.step, enabled=ctx.is_main)
-    run = Run(recipe, paths, data, nets, plan, logger, device, show_progress, ctx)
+    if warm_start is not None and not from_checkpoint:
+        apply_warm_start(Path(warm_start), nets, state)
+    run = Run(recipe, paths, data, nets, plan, logger, device, show_progress, ctx, fingerprint)
     if from_checkpoint:  # after the logger exists, so that train.log says where the run resumed
         log.info("resumed %s at step %d of %d", paths.root, state.step, total)
     try:
@@ -173,6 +183,7 @@ def run_plan(run: Run, state: TrainingState, stop_after: int | None = None, *, s
     recipe, data, nets, ctx = run.recipe, run.data, run.nets, run.distributed
     main = ctx.is_main
     total, ends, warmups = total_steps(run.plan), round_ends(run.plan), warmup_ends(run.plan)
+    registration_warmup = warmup_length(recipe)
     every = recipe.schedule.checkpoint_steps
     saved_step = state.step if saved else None
     sampler = groups = objective = None
@@ -246,6 +257,9 @@ def run_plan(run: Run, state: TrainingState, stop_after: int | None = None, *, s
             bar.set_postfix_str(f"{phase.network[:3]} {terms.get('total', 0.0):.4f}", refresh=False)
             bar.update(1)
             state.elapsed = time.perf_counter() - started
+            if main and state.step == registration_warmup and phase.network == REGISTRATION:
+                save_warmup(run.paths.last.parent / WARMUP_FOLDER, recipe, role, state,
+                            rng_unchanged=rng_fingerprint() == run.fingerprint)
             if state.step in ends:
                 if main and end_of_round(recipe, run.paths, data, nets, state, run.logger,
                                          ends[state.step], state.step == total):

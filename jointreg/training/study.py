@@ -204,6 +204,7 @@ def run_study(path: str | PathLike[str], *, overrides: list[str] | tuple[str, ..
     from jointreg.export.run_folder import RunPaths
     from jointreg.training.loop import train
     from jointreg.training.run_folder import has_started
+    from jointreg.training.warm_start import find_warm_start
 
     study, base = load_study(path, overrides)
     runs = plan_runs(study, base, Path(path))
@@ -230,8 +231,13 @@ def run_study(path: str | PathLike[str], *, overrides: list[str] | tuple[str, ..
             if progress:
                 print(f"[study] {index}/{len(runs)} {what}: training into {run_dir}", flush=True)
             resume = has_started(RunPaths(run_dir))  # a checkpoint a kill left aside counts
+            # A run whose registration warm-up another run of this study already did starts after it.
+            shared = None if resume else find_warm_start(recipe, [r.run_dir for r in runs if r is not planned])
+            if shared is not None and progress:
+                print(f"[study]   registration warm-up shared with {shared.parent.parent}", flush=True)
             try:
-                done = train(recipe, run_dir=run_dir, resume=resume, overwrite=not resume, progress=progress)
+                done = train(recipe, run_dir=run_dir, resume=resume, overwrite=not resume, progress=progress,
+                             warm_start=shared)
             except ConfigError:
                 # A stale folder from a different recipe: start that run again.
                 done = train(recipe, run_dir=run_dir, overwrite=True, progress=progress)
