@@ -35,7 +35,6 @@ SOURCE = "acdc"
 HELP = "ACDC cardiac cine MR, official layout (ED/ES frames with ground truth)"
 
 ACDC_LABELS = {"background": 0, "rv": 1, "myocardium": 2, "lv": 3}
-SPLIT_FOLDERS = {"training": "Tr", "testing": "Ts"}
 _PATIENT = re.compile(r"^patient\d+$")
 
 
@@ -103,34 +102,8 @@ def find_patients(root: str | Path, split: str = "all") -> dict[Path, str]:
     Raises:
         InputError: no patient folders where expected.
     """
-    from jointreg.errors import ConfigError, InputError
-
-    if split not in ("all", *SPLIT_FOLDERS):
-        raise ConfigError(f"--split must be all, training or testing, got {split!r}")
-    root = Path(root)
-    if not root.is_dir():
-        raise InputError(root, "folder not found")
-    if (root / "database").is_dir() and not any((root / f).is_dir() for f in SPLIT_FOLDERS):
-        root = root / "database"
-    official = [f for f in SPLIT_FOLDERS if (root / f).is_dir()]
-    found: dict[Path, str] = {}
-    if official:
-        wanted = official if split == "all" else [split]
-        for folder in wanted:
-            if not (root / folder).is_dir():
-                raise InputError(root / folder, "folder not found (asked for by --split)")
-            patients = _patient_dirs(root / folder)
-            if not patients:
-                raise InputError(root / folder, "holds no patientXXX folders")
-            found.update({p: SPLIT_FOLDERS[folder] for p in patients})
-    else:
-        if split != "all":
-            raise InputError(root, f"has no {split}/ folder (asked for by --split)")
-        patients = _patient_dirs(root)
-        if not patients:
-            raise InputError(root, "holds no ACDC patientXXX folders and no training/ or testing/ folder")
-        found = {p: "Tr" for p in patients}
-    return found
+    return _common.find_patient_folders(root, split, database="database", patients=_patient_dirs,
+                                        source="ACDC", pattern="patientXXX")
 
 
 def _patient_dirs(folder: Path) -> list[Path]:

@@ -57,7 +57,6 @@ HELP = "CAMUS 2D echo (2CH/4CH sequences with ED/ES ground truth), as 2D+t volum
 
 CAMUS_LABELS = {"background": 0, "lv": 1, "myocardium": 2, "atrium": 3, "ignore": 4}
 VIEWS = ("2CH", "4CH")
-SPLIT_FOLDERS = {"training": "Tr", "testing": "Ts"}
 SEQUENCE_NAMES = ("half_sequence", "sequence")
 SUFFIXES = (".mhd", ".mha", ".nii.gz", ".nii")
 TIME_UNIT = "ms"
@@ -123,30 +122,8 @@ def find_patients(root: str | Path, split: str = "all") -> dict[Path, str]:
     Raises:
         InputError: no patient folders where expected.
     """
-    if split not in ("all", *SPLIT_FOLDERS):
-        raise ConfigError(f"--split must be all, training or testing, got {split!r}")
-    root = Path(root)
-    if not root.is_dir():
-        raise InputError(root, "folder not found")
-    if (root / "database_nifti").is_dir() and not _patient_dirs(root):
-        root = root / "database_nifti"
-    official = [f for f in SPLIT_FOLDERS if (root / f).is_dir()]
-    found: dict[Path, str] = {}
-    if official:
-        for folder in official if split == "all" else [split]:
-            if not (root / folder).is_dir():
-                raise InputError(root / folder, "folder not found (asked for by --split)")
-            patients = _patient_dirs(root / folder)
-            if not patients:
-                raise InputError(root / folder, "holds no patientXXXX folders")
-            found.update({p: SPLIT_FOLDERS[folder] for p in patients})
-        return found
-    if split != "all":
-        raise InputError(root, f"has no {split}/ folder (asked for by --split)")
-    patients = _patient_dirs(root)
-    if not patients:
-        raise InputError(root, "holds no CAMUS patientXXXX folders and no training/ or testing/ folder")
-    return {p: "Tr" for p in patients}
+    return _common.find_patient_folders(root, split, database="database_nifti", patients=_patient_dirs,
+                                        source="CAMUS", pattern="patientXXXX")
 
 
 def _patient_dirs(folder: Path) -> list[Path]:

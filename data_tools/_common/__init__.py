@@ -19,7 +19,7 @@ ids, globs, splits), :mod:`~data_tools._common.output` (the output dataset) and
 ``data_tools._common``.
 """
 
-from data_tools._common.cases import make_case_ids, match_glob, natural_key, pair_files, split_cases
+from data_tools._common.cases import find_patient_folders, make_case_ids, match_glob, natural_key, pair_files, split_cases
 from data_tools._common.labels import BACKGROUND, UNMAPPED_CHOICES, LabelMap, parse_class, value_counts
 from data_tools._common.options import add_label_map_arguments, add_output_arguments, add_split_arguments, label_map_from_args
 from data_tools._common.output import DatasetBuilder, check_new_output, dataset_output, describe
@@ -39,6 +39,7 @@ __all__ = [
     "make_case_ids",
     "match_glob",
     "natural_key",
+    "find_patient_folders",
     "pair_files",
     "parse_class",
     "split_cases",

@@ -165,3 +165,49 @@ def split_cases(
     if cases and all(s == "Ts" for s in split.values()):
         raise ConfigError("the test split would take every case; keep at least one for training")
     return split
+
+
+CHALLENGE_SPLITS = {"training": "Tr", "testing": "Ts"}
+
+
+def find_patient_folders(root: str | Path, split: str, *, database: str, patients, source: str,
+                         pattern: str) -> dict[Path, str]:
+    """Patient folders of a challenge layout (ACDC, CAMUS), each with its split (``"Tr"``/``"Ts"``).
+
+    Args:
+        root: the ``database`` folder, its parent, the folder holding ``training/`` and
+            ``testing/``, or a folder of patient folders.
+        split: ``"all"``, ``"training"`` or ``"testing"``.
+        database: the name of the folder the challenge ships its data in (``database``,
+            ``database_nifti``); entered when ``root`` holds it.
+        patients: ``folder -> sorted patient folders in it``.
+        source, pattern: the challenge's and its patient folders' names, for messages.
+
+    Raises:
+        ConfigError: an unknown ``split``.
+        InputError: no patient folders where expected.
+    """
+    if split not in ("all", *CHALLENGE_SPLITS):
+        raise ConfigError(f"--split must be all, training or testing, got {split!r}")
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(root, "folder not found")
+    if (root / database).is_dir() and not patients(root) and not any((root / f).is_dir() for f in CHALLENGE_SPLITS):
+        root = root / database
+    official = [f for f in CHALLENGE_SPLITS if (root / f).is_dir()]
+    if not official:
+        if split != "all":
+            raise InputError(root, f"has no {split}/ folder (asked for by --split)")
+        found = patients(root)
+        if not found:
+            raise InputError(root, f"holds no {source} {pattern} folders and no training/ or testing/ folder")
+        return {p: "Tr" for p in found}
+    result: dict[Path, str] = {}
+    for folder in official if split == "all" else [split]:
+        if not (root / folder).is_dir():
+            raise InputError(root / folder, "folder not found (asked for by --split)")
+        found = patients(root / folder)
+        if not found:
+            raise InputError(root / folder, f"holds no {pattern} folders")
+        result.update({p: CHALLENGE_SPLITS[folder] for p in found})
+    return result
