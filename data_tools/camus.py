@@ -281,7 +281,7 @@ def convert_camus(
     import numpy as np
     from tqdm import tqdm
 
-    from data_tools.echonet import time_series_volume
+    from data_tools._common.video import time_series_volume
     from jointreg.data.slices import through_plane_axis
 
     out = Path(out)
