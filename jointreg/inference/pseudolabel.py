@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from dataclasses import asdict, dataclass
 from os import PathLike
 from pathlib import Path
@@ -61,13 +60,22 @@ from typing import Any
 from jointreg.data.label_space import label_lookup
 from jointreg.errors import ConfigError, InputError
 from jointreg.inference.pseudolabel_case import PROVENANCE_DIR, CaseJob, PseudolabelSettings, run_cases
+from jointreg.inference.pseudolabel_out import (
+    MANIFEST_NAME,
+    changed_keys,
+    check_out,
+    discard,
+    finished_cases,
+    is_finished,
+    prepare_out,
+    refuse_other_settings,
+)
 from jointreg.inference.run_models import find_run_models
 from jointreg.inference.shards import Shard, describe_missing, refuse_overwrite
 from jointreg.version import __version__
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "pseudolabel.json"
 DEFAULT_RADIUS = 6
 
 
@@ -80,103 +88,6 @@ def _model_config(folder: Path | None) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------------------------
 # the dataset job
 # --------------------------------------------------------------------------------------------
-def _is_within(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
-
-
-def _check_out(out: Path, dataset_root: Path, run: Path) -> None:
-    o, d = out.resolve(), dataset_root.resolve()
-    if o == d:
-        raise InputError(out, "the output folder is the input dataset; choose another --out")
-    if _is_within(o, d) or _is_within(d, o):
-        raise InputError(out, f"the output folder must not contain, or lie inside, the input dataset {dataset_root}")
-    if _is_within(o, run.resolve()):
-        raise InputError(out, f"the output folder must not lie inside the run folder {run}")
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "exists and is not a folder")
-
-
-def _is_empty(out: Path) -> bool:
-    """No entry but leftovers of interrupted atomic writes (``.tmp-*``)."""
-    from jointreg.utils.atomic import TMP_PREFIX
-
-    return not out.exists() or all(entry.name.startswith(TMP_PREFIX) for entry in out.iterdir())
-
-
-def _finished_cases(out: Path, ending: str) -> list[str]:
-    provenance = out / PROVENANCE_DIR
-    cases = sorted(p.stem for p in provenance.glob("*.json")) if provenance.is_dir() else []
-    return [c for c in cases if _finished(out, c, ending)]
-
-
-def _clear(out: Path) -> None:
-    """Empty an output folder of ours (it holds ``pseudolabel.json``), keeping the folder itself."""
-    for entry in out.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
-
-
-def _discard(out: Path, created: bool) -> None:
-    """Undo a job that finished no case: remove the folder it created, or empty the one it was given."""
-    if created:
-        shutil.rmtree(out, ignore_errors=True)
-        return
-    try:
-        _clear(out)
-    except OSError:
-        log.warning("could not empty %s after the failure", out)
-
-
-def _differs(manifest: dict[str, Any], previous: Any) -> list[str]:
-    """The keys in which two manifests differ (all of them when ``previous`` is not a manifest)."""
-    previous = previous if isinstance(previous, dict) else {}
-    return sorted(k for k in set(manifest) | set(previous) if manifest.get(k) != previous.get(k))
-
-
-def _refuse_other_settings(out: Path, differs: list[str], finished: int) -> InputError:
-    return InputError(
-        out, f"was made with other settings (differs in: {', '.join(differs)}; {finished} finished case(s)); "
-        "a sharded job never deletes cases: rerun with those settings to resume, start over without --shard "
-        "(--overwrite), or choose another --out"
-    )
-
-
-def _prepare_out(out: Path, manifest: dict[str, Any], overwrite: bool, ending: str, sharded: bool = False) -> bool:
-    """Create or reopen ``out``; returns True when resuming an earlier run.
-
-    A ``sharded`` job never clears the folder: other shards may be writing into it.
-    """
-    if _is_empty(out):
-        return False
-    path = out / MANIFEST_NAME
-    if not path.is_file():
-        raise InputError(out, f"exists and is not a jointreg pseudolabel output ({MANIFEST_NAME} is missing); choose another --out")
-    try:
-        previous = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        previous = {}
-    if overwrite:
-        _clear(out)
-        return False
-    differs = _differs(manifest, previous)
-    if not differs:
-        return True
-    finished = _finished_cases(out, ending)
-    if sharded:
-        raise _refuse_other_settings(out, differs, len(finished))
-    if not finished:
-        # Leftovers of a job that failed or stopped before finishing any case: nothing to keep.
-        log.info("%s holds no finished case of an earlier job with other settings: starting over", out)
-        _clear(out)
-        return False
-    raise InputError(
-        out, f"was made with other settings (differs in: {', '.join(differs)}; {len(finished)} finished case(s)); "
-        "rerun with those settings to resume, pass --overwrite to start over, or choose another --out"
-    )
-
-
 def _any_annotation(dataset, ignore: int | None) -> bool:
     for case in dataset.cases("Tr"):
         path = dataset.label_path(case)
@@ -230,7 +141,7 @@ def _describe(run: Path, dataset: str | PathLike[str], out: Path, settings: Pseu
     source = Dataset.open(dataset)
     labels = {str(n): int(v) for n, v in main_config.get("labels", {}).items()} or dict(source.spec.class_labels)
     lut = label_lookup(dict(source.spec.class_labels), source.spec.ignore_label, labels, source.root / "dataset.json")
-    _check_out(out, source.root, run)
+    check_out(out, source.root, run)
     check_writable_output(out)
     cases = source.cases("Tr")
     if not cases:
@@ -320,7 +231,7 @@ def pseudolabel_dataset(
     if not mine:
         log.warning("shard %s has no case: the dataset has %d", shard, len(cases))
     created = not out.exists()
-    resuming = _prepare_out(out, job.manifest, overwrite, ending, sharded=shard is not None)
+    resuming = prepare_out(out, job.manifest, overwrite, ending, sharded=shard is not None)
     if source.spec.ignore_label is None:
         log.warning("%s has no 'ignore' label: every voxel is annotated, labels are copied", source.root)
     if job.dropped:
@@ -339,7 +250,7 @@ def pseudolabel_dataset(
             remove_temporaries_of(out / "imagesTr", [f"{c}_0000{ending}" for c in mine])
             remove_temporaries_of(out / "labelsTr", [f"{c}{ending}" for c in mine])
             remove_temporaries_of(out / PROVENANCE_DIR, [f"{c}.json" for c in mine])
-        finished = [c for c in mine if _finished(out, c, ending)]
+        finished = [c for c in mine if is_finished(out, c, ending)]
         todo = [c for c in mine if c not in set(finished)]
         if finished:
             log.info("%d of %d case(s) already done in %s; labelling the other %d", len(finished), len(mine), out, len(todo))
@@ -352,10 +263,10 @@ def pseudolabel_dataset(
                 bar.update(1)
     except BaseException:
         # A shard never undoes: the folder and its settings are the other shards' too.
-        if shard is None and out.is_dir() and not _finished_cases(out, ending):
-            _discard(out, created)
+        if shard is None and out.is_dir() and not finished_cases(out, ending):
+            discard(out, created)
         raise
-    missing = [c for c in cases if not _finished(out, c, ending)]  # other shards' cases
+    missing = [c for c in cases if not is_finished(out, c, ending)]  # other shards' cases
     review = None if missing else _finish(out, job, progress=progress)
     return {
         "out": str(out),
@@ -403,13 +314,13 @@ def merge_pseudolabels(
         previous = json.loads(path.read_text(encoding="utf-8"))
     except ValueError:
         previous = {}
-    differs = _differs(job.manifest, previous)
+    differs = changed_keys(job.manifest, previous)
     if differs:
         raise InputError(
             out, f"was made with other settings (differs in: {', '.join(differs)}); --merge takes the options the shards were given"
         )
     ending = job.source.spec.file_ending
-    missing = [c for c in job.cases if not _finished(out, c, ending)]
+    missing = [c for c in job.cases if not is_finished(out, c, ending)]
     if missing:
         raise InputError(
             out, f"{describe_missing(missing, len(job.cases))}; run the shards that hold them (or this command "
@@ -429,9 +340,9 @@ def _join(out: Path, manifest: dict[str, Any], ending: str) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     found = claim_json(out / MANIFEST_NAME, manifest)
-    differs = [] if found is None else _differs(manifest, found)
+    differs = [] if found is None else changed_keys(manifest, found)
     if differs:
-        raise _refuse_other_settings(out, differs, len(_finished_cases(out, ending)))
+        raise refuse_other_settings(out, differs, len(finished_cases(out, ending)))
 
 
 def _finish(out: Path, job: _Job, *, progress: bool) -> Path:
@@ -451,7 +362,3 @@ def _finish(out: Path, job: _Job, *, progress: bool) -> Path:
         write_spec(out, job.spec)  # last: the dataset is complete
         # montages, worst case first
         return write_pseudolabel_review(out, job.source, job.labels, job.lut, progress=progress)
-
-
-def _finished(out: Path, case: str, ending: str) -> bool:
-    return (out / "labelsTr" / f"{case}{ending}").is_file() and (out / PROVENANCE_DIR / f"{case}.json").is_file()
