@@ -117,8 +117,8 @@ class Distributed:
 
         keys = sorted(terms)
         values = torch.tensor([float(terms[k]) for k in keys], dtype=torch.float64)
-        if dist.get_backend() == "nccl":
-            values = values.cuda()
+        if dist.get_backend() == "nccl":  # NCCL reduces on this process's GPU (start() selected it)
+            values = values.to(torch.device("cuda", torch.cuda.current_device()))
         dist.all_reduce(values)
         return dict(zip(keys, (values / self.world_size).cpu().tolist()))
 
