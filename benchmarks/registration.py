@@ -296,6 +296,23 @@ def run_speed(args: argparse.Namespace) -> dict:
 # accuracy
 # --------------------------------------------------------------------------------------------
 ACCURACY_MODELS = ["identity", "voxelmorph", "fmirnet-1", "fmirnet-2", "fmirnet", "fmirnet-diff"]
+# ``--accuracy-models all``: the identity, then every trainable registry network in this order
+# (networks registered later follow, by name).
+ALL_ORDER = ["voxelmorph", "voxelmorph-diff", "fmirnet-1", "fmirnet-2", "fmirnet-3", "fmirnet", "fmirnet-diff",
+             "tvf", "tvf-lddmm", "affine-deformable", "deformable-gradients", "affine", "pmrnet", "pmrnet-diff"]
+SPEED_BATCHES = (1, 8)  # pairs/s of each trained model on its training grid, interleaved
+
+
+def accuracy_model_names(text: str) -> list[str]:
+    """``--accuracy-models``: comma-separated names, or ``all`` (every registry network)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if names != ["all"]:
+        return names
+    from jointreg.nets.registration import REGISTRATION_NETS, is_trainable
+
+    trainable = [n for n in REGISTRATION_NETS if is_trainable(n)]
+    ordered = [n for n in ALL_ORDER if n in trainable]
+    return ["identity", *ordered, *sorted(set(trainable) - set(ordered))]
 ACCURACY_DATASETS = ["phantom", "chaos"]
 CHAOS_TEST = ("10", "13", "15", "19", "20")
 LIVER = 1
@@ -449,6 +466,8 @@ def accuracy_setting(setting: str, args: argparse.Namespace) -> dict:
     from jointreg.export.model_folder import load_model_folder
     from jointreg.training.config import load_recipe
     from jointreg.training.loop import train
+    from jointreg.training.run_folder import finished_summary
+    from jointreg.utils.atomic import write_text
 
     started, started_cpu = time.perf_counter(), cpu_seconds()
     dataset = prepare_dataset(setting, args)
@@ -456,6 +475,7 @@ def accuracy_setting(setting: str, args: argparse.Namespace) -> dict:
         return {"skipped": f"{args.data / 'chaos_t2'} not found"}
     report: dict = {"dataset": str(dataset), "prepare_seconds": round(time.perf_counter() - started, 1), "models": {}}
     recipe_path = REPO / "recipes" / RECIPES[setting]
+    trained: dict[str, tuple] = {}
     for name in args.accuracy_models:
         print(f"  accuracy: {setting} / {name} ...", file=sys.stderr, flush=True)
         if name == "identity":
@@ -464,10 +484,18 @@ def accuracy_setting(setting: str, args: argparse.Namespace) -> dict:
             continue
         overrides = accuracy_overrides(setting, name, dataset, args)
         recipe = load_recipe(recipe_path, overrides)
-        t0, c0 = time.perf_counter(), cpu_seconds()
-        summary = train(recipe, overwrite=True, progress=False)
-        train_wall, train_cpu = time.perf_counter() - t0, cpu_seconds() - c0
+        run_dir = Path(recipe.output) / recipe.name
+        summary, timing = finished_summary(run_dir, recipe), run_dir / TIMING_FILE
+        if summary is not None and timing.is_file():  # a finished run of an earlier call (--work)
+            print(f"  accuracy: reusing {run_dir}", file=sys.stderr, flush=True)
+            train_wall, train_cpu = json.loads(timing.read_text(encoding="utf-8"))
+        else:
+            t0, c0 = time.perf_counter(), cpu_seconds()
+            summary = train(recipe, overwrite=True, progress=False)
+            train_wall, train_cpu = time.perf_counter() - t0, cpu_seconds() - c0
+            write_text(timing, json.dumps([train_wall, train_cpu]) + "\n")
         model = load_model_folder(summary["exported"]["registration"], device=resolve_device(args.device))
+        trained[name] = (model, tuple(recipe.data.size))
         t0, c0 = time.perf_counter(), cpu_seconds()
         field = field_protocol(model, dataset, radius=recipe.pairs.radius)
         cross = cross_volume_rows(model, dataset, recipe.pairs.radius) if args.cross_volume else None
@@ -486,9 +514,33 @@ def accuracy_setting(setting: str, args: argparse.Namespace) -> dict:
             "eval_cpu_seconds": round(cpu_seconds() - c0, 1),
             "loop_evaluation_radius": summary.get("evaluation", {}).get("registration"),
         }
+    speed = interleaved_speed(trained, resolve_device(args.device), args.seconds)
+    for name, rates in speed.items():
+        report["models"][name]["pairs_per_s"] = rates
     report["wall_seconds"] = round(time.perf_counter() - started, 1)
     report["cpu_seconds"] = round(cpu_seconds() - started_cpu, 1)
     return report
+
+
+TIMING_FILE = "benchmark_train_seconds.json"  # [wall, cpu] of the training, for reuse
+
+
+def interleaved_speed(trained: dict[str, tuple], device: torch.device, seconds: float, rounds: int = 3) -> dict:
+    """Pairs/s (forward pass + image warp, inference mode) of every trained model on its training
+    grid at each of ``SPEED_BATCHES``: the models take turns for ``rounds`` rounds and each
+    figure is the median of its rounds, so that all of them share the machine's conditions."""
+    rates: dict[str, dict[str, list[float]]] = {name: {} for name in trained}
+    for _ in range(rounds):
+        for name, (model, size) in trained.items():
+            net = model.model.eval()
+            for batch in SPEED_BATCHES:
+                moving, fixed = _inputs(batch, size, device)
+                rate = pairs_per_second(lambda: net(moving, fixed), batch, device, seconds / rounds)
+                rates[name].setdefault(f"batch{batch}", []).append(rate)
+    import numpy as np
+
+    return {name: {key: round(float(np.median(values)), 1) for key, values in by_batch.items()}
+            for name, by_batch in rates.items()}
 
 
 def run_accuracy(args: argparse.Namespace) -> dict:
@@ -525,7 +577,9 @@ def accuracy_markdown(report: dict, command: str) -> str:
         lines += [
             "## Accuracy on held-out volumes", "",
             f"Protocol: {accuracy['protocol']}. Dice: liver, mean ± std over pairs; NCC, folding and SDlogJ "
-            f"on the model grid. Training: {accuracy['steps']} steps per model (shipped recipe, see overrides in the JSON).", "",
+            f"on the model grid. Training: {accuracy['steps']} steps per model (shipped recipe, see overrides in the JSON). "
+            "Pairs/s: forward pass + image warp on the training grid, the trained models taking turns (median of 3 rounds).", "",
+            *summary_table(accuracy["settings"]),
         ]
         for setting, result in accuracy["settings"].items():
             lines.append(f"### {setting}")
@@ -535,8 +589,8 @@ def accuracy_markdown(report: dict, command: str) -> str:
                 continue
             lines += [
                 "| model | parameters | liver Dice | Δ vs identity (pairs better/worse, Wilcoxon p) | NCC (identity → warped) "
-                "| NMI | SSIM | folding % | SDlogJ | loop eval Dice ±6 (identity) | train s | eval s |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|",
+                "| NMI | SSIM | folding % | SDlogJ | loop eval Dice ±6 (identity) | train s (CPU s) | pairs/s batch 1 / 8 | eval s |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             identity = None
             for name, row in result["models"].items():
@@ -554,7 +608,8 @@ def accuracy_markdown(report: dict, command: str) -> str:
                 lines.append(
                     f"| {name} | {row.get('parameters', 0):,} | {f['dice']:.3f} ± {f['dice_std']:.3f} | {delta} | {ncc} | "
                     f"{nmi} | {ssim} | {f.get('folding_percent', 0.0):.3f} | {f.get('sdlogj', 0.0):.3f} | {loop_text} | "
-                    f"{row.get('train_wall_seconds', 0):.0f} | {row.get('eval_seconds', 0):.0f} |"
+                    f"{row.get('train_wall_seconds', 0):.0f} ({row.get('train_cpu_seconds', 0):.0f}) | "
+                    f"{_rates(row)} | {row.get('eval_seconds', 0):.0f} |"
                 )
             pairs = next(iter(result["models"].values()))["field_protocol"]
             lines += ["", f"{pairs['pairs']} pairs in {pairs['volumes']} test volumes; data set {result['dataset']}; "
@@ -579,6 +634,53 @@ def accuracy_markdown(report: dict, command: str) -> str:
                              f"{row['best_pairs_per_s']} | {row['batch1_peak_memory_mb']} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _rates(row: dict) -> str:
+    rates = row.get("pairs_per_s") or {}
+    return " / ".join(f"{rates[f'batch{b}']:.0f}" if f"batch{b}" in rates else "–" for b in SPEED_BATCHES)
+
+
+def summary_table(settings: dict) -> list[str]:
+    """One row per network over every data set: liver Dice gain over the identity (within-volume
+    and cross-volume pairs), folding, parameters and speed, the detail tables below."""
+    ran = {k: v for k, v in settings.items() if "skipped" not in v}
+    if not ran:
+        return []
+    names = list(dict.fromkeys(n for v in ran.values() for n in v["models"]))
+    head = ["model", "parameters"]
+    for setting, result in ran.items():
+        head += [f"{setting} Dice (Δ vs identity)"]
+        if any(r.get("cross_volume") for r in result["models"].values()):
+            head += [f"{setting} cross-volume Δ"]
+        head += [f"{setting} folding %"]
+    head += ["pairs/s batch 1 / 8 (" + ", ".join(ran) + ")", "train CPU s (" + ", ".join(ran) + ")"]
+    lines = ["One table, every network (details per data set below):", "", "| " + " | ".join(head) + " |",
+             "|" + "---|" * len(head)]
+    for name in names:
+        cells, rates, cpu, parameters = [name], [], [], None
+        for setting, result in ran.items():
+            row = result["models"].get(name)
+            crossed = any(r.get("cross_volume") for r in result["models"].values())
+            if row is None:
+                cells += ["–"] * (3 if crossed else 2)
+                rates.append("–")
+                cpu.append("–")
+                continue
+            identity = result["models"].get("identity", {}).get("field_protocol", {}).get("dice")
+            f = row["field_protocol"]
+            gain = "" if identity is None or name == "identity" else f" ({f['dice'] - identity:+.3f}, p = {f['wilcoxon_p']:.1g})"
+            cells.append(f"{f['dice']:.3f}{gain}")
+            if crossed:
+                c = row.get("cross_volume")
+                cells.append(f"{c['dice_gain_over_identity']:+.3f}" if c else "–")
+            cells.append(f"{f.get('folding_percent', 0.0):.3f}")
+            rates.append(_rates(row) if row.get("pairs_per_s") else "–")
+            cpu.append(f"{row['train_cpu_seconds']:.0f}" if "train_cpu_seconds" in row else "–")
+            parameters = row.get("parameters", parameters)
+        cells.insert(1, f"{parameters or 0:,}")
+        lines.append("| " + " | ".join(cells + [", ".join(rates), ", ".join(cpu)]) + " |")
+    return lines + [""]
 
 
 def _before_after(row: dict, key: str) -> str:
@@ -624,8 +726,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder holding chaos_t2/ (accuracy part; default ../shared/data)")
     parser.add_argument("--datasets", type=lambda v: v.split(","), default=ACCURACY_DATASETS,
                         help="accuracy data sets: phantom,chaos")
-    parser.add_argument("--accuracy-models", type=lambda v: v.split(","), default=ACCURACY_MODELS,
-                        help="accuracy: identity and registry names")
+    parser.add_argument("--accuracy-models", type=accuracy_model_names, default=ACCURACY_MODELS,
+                        help="accuracy: identity and registry names, or 'all' (every registry network)")
     parser.add_argument("--cross-volume", action="store_true",
                         help="accuracy: also the cross-volume protocol (moving slice from another test volume)")
     parser.add_argument("--steps", type=int, default=800, help="accuracy: training steps per model")
@@ -634,7 +736,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="accuracy: recipe seed")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="accuracy: extra recipe override for every model (repeatable)")
-    parser.add_argument("--work", type=Path, default=None, help="accuracy: keep data sets and runs here (default: a temporary folder)")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="accuracy: keep data sets and runs here (default: a temporary folder); a later call "
+                             "with the same settings reuses the finished runs")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here (and, with the accuracy part, a .md beside it)")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -11,7 +11,13 @@ image; the label warp is timed separately and is the same for all):
 * ``monai-localnet``: MONAI's ``LocalNet`` (DeepReg's local network; 2D, 16 initial channels,
   extraction levels 0-3) followed by MONAI's ``Warp`` of the moving image;
 * ``fmirnet-channels-last``: a lever, measured like a model: FMIRNet with weights and inputs in
-  the channels-last memory format (NHWC, the layout oneDNN's convolutions prefer).
+  the channels-last memory format (NHWC, the layout oneDNN's convolutions prefer);
+* ``fmirnet-onnxruntime``: FMIRNet as ``--backend onnxruntime`` runs it (exported in memory,
+  ONNX Runtime's CPU provider; :mod:`jointreg.inference.onnx_runtime`), and
+  ``monai-voxelmorph-onnxruntime``: MONAI's VoxelMorph through the same path, for a like-for-like
+  ratio (MONAI itself runs in PyTorch).
+
+Ratios: every jointreg model (``fmirnet*``) over every MONAI model, per round, median.
 
 Protocol. For each size, a short sweep over batch sizes finds every model's best batch; then
 ``--rounds`` rounds each time every model at batch 1 and at its best batch for ``--seconds``,
@@ -52,7 +58,8 @@ if str(REPO) not in sys.path:
 from jointreg.nets.registration import create_registration_net  # noqa: E402
 from jointreg.spatial import warp_labels  # noqa: E402
 
-MODELS = ["fmirnet", "fmirnet-channels-last", "monai-voxelmorph", "monai-voxelmorph-displacement", "monai-localnet"]
+MODELS = ["fmirnet", "fmirnet-channels-last", "fmirnet-onnxruntime", "monai-voxelmorph", "monai-voxelmorph-displacement",
+          "monai-localnet", "monai-voxelmorph-onnxruntime"]
 BATCHES = [1, 2, 4, 8, 16, 32]
 LABEL_CLASSES = 3
 
@@ -82,7 +89,27 @@ class MonaiPeer(nn.Module):
         return self.net(moving, fixed)
 
 
+class AsRegistrationOutput(nn.Module):
+    """A ``(warped, field)`` network as jointreg's output type (what the ONNX Runtime backend wraps)."""
+
+    spatial_dims = 2
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, moving, fixed):
+        from jointreg.nets.registration import RegistrationOutput
+
+        return RegistrationOutput(*self.net(moving, fixed))
+
+
 def build(name: str) -> nn.Module:
+    if name.endswith("-onnxruntime"):
+        from jointreg.inference.onnx_runtime import OnnxRuntimeRegistration
+
+        base = build(name.removesuffix("-onnxruntime")).eval()
+        return OnnxRuntimeRegistration(AsRegistrationOutput(base) if name.startswith("monai-") else base)
     if name.startswith("monai-"):
         return MonaiPeer(name)
     if name.endswith("-channels-last"):
@@ -115,6 +142,7 @@ def rate(fn, batch: int, seconds: float) -> float:
 def flops_per_pair(net: nn.Module, size) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
+    net = getattr(net, "net", net) if type(net).__name__ == "OnnxRuntimeRegistration" else net  # the same graph
     moving, fixed = _inputs(1, size)
     counter = FlopCounterMode(display=False)
     with torch.inference_mode(), counter:
@@ -177,12 +205,14 @@ def main(argv: list[str] | None = None) -> int:
     peak = machine_peak(args.gemm, args.seconds)
     report = {"benchmark": "registration_peers", "threads": args.threads, "load_average": os.getloadavg(),
               "torch": torch.__version__, "peak": peak,
-              "parameters": {n: sum(p.numel() for p in net.parameters()) for n, net in nets.items()}, "sizes": {}}
+              "parameters": {n: sum(p.numel() for p in getattr(net, "net", net).parameters()) for n, net in nets.items()},
+              "sizes": {}}
     for text in args.sizes.split(","):
         size = tuple(int(v) for v in text.split("x"))
         print(f"  {text}: batch sweep ...", file=sys.stderr, flush=True)
         best = best_batches(nets, size, args.seconds)
-        entry = {"best_batch": best, "flops_per_pair_g": {}, "batch1": {}, "best": {}, "ratio_fmirnet_over": {}}
+        entry = {"best_batch": best, "flops_per_pair_g": {}, "batch1": {}, "best": {}, "ratio_fmirnet_over": {},
+                 "ratios": {}}
         for name, net in nets.items():
             entry["flops_per_pair_g"][name] = round(flops_per_pair(net, size) / 1e9, 3)
         for label, batches in (("batch1", {n: 1 for n in nets}), ("best", best)):
@@ -194,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
                     if n != "fmirnet":
                         ratios = [a / b for a, b in zip(rounds["fmirnet"], r)]
                         entry["ratio_fmirnet_over"].setdefault(n, {})[label] = round(statistics.median(ratios), 2)
+            for ours in (n for n in rounds if not n.startswith("monai-")):
+                for peer in (n for n in rounds if n.startswith("monai-")):
+                    ratios = [a / b for a, b in zip(rounds[ours], rounds[peer])]
+                    entry["ratios"].setdefault(f"{ours} / {peer}", {})[label] = round(statistics.median(ratios), 2)
         entry["fraction_of_conv_peak_at_best"] = {
             n: round(entry["flops_per_pair_g"][n] * entry["best"][n] / peak["conv3x3_16ch_gflops"], 3) for n in nets}
         entry["label_warp_pairs_per_s"] = {"batch1": round(label_warp_rate(size, 1, args.seconds), 1),

@@ -36,7 +36,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from jointreg.cli._options import add_inference_options, add_shard_options, chosen_shard, shard_line
+from jointreg.cli._options import add_backend_option, add_inference_options, add_shard_options, chosen_shard, shard_line
 
 NAME = "pseudolabel"
 HELP = "write complete pseudo-labels for a sparse dataset (resumable, parallel)"
@@ -65,6 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-verify", action="store_true", help="registration mode: propagate onto every slice")
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes (default: %(default)s)")
     add_inference_options(parser, batch_unit="pairs/slices")
+    add_backend_option(parser)
     parser.add_argument("--overwrite", action="store_true", help="start over in an existing pseudolabel output")
     add_shard_options(parser, finished="dataset.json and the montages")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     settings = PseudolabelSettings(
         mode=args.mode, propagation=args.propagation, source_slices=args.source_slices,
         batch_size=args.batch_size, device=args.device, verify=None if args.no_verify else args.verify,
-        refine=args.refine,
+        refine=args.refine, backend=args.backend,
     )
     if args.merge:
         summary = merge_pseudolabels(args.run, args.dataset, args.out, settings=settings, progress=not args.no_progress)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from jointreg.cli._options import add_inference_options
+from jointreg.cli._options import add_backend_option, add_inference_options
 
 NAME = "register"
 HELP = "warp a moving image (and its labels) onto a fixed image with a registration model"
@@ -52,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--field", choices=FIELD_FORMATS, default="ants",
                         help="displacement field format (default ants: mm, LPS, 5D vector NIfTI)")
     add_inference_options(parser, batch_unit="slice pairs")
+    add_backend_option(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
 
 
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     summary = register_files(
         args.model, args.moving, args.fixed, args.out, labels=args.labels, slice_map=slice_map,
         axis=args.axis, label_mode="nearest" if args.nearest else "linear", field_format=args.field,
-        device=args.device, batch_size=args.batch_size, overwrite=args.overwrite,
+        device=args.device, batch_size=args.batch_size, overwrite=args.overwrite, backend=args.backend,
     )
     metrics = summary["metrics_on_model_grid"]
     line = f"registered {metrics.get('pairs', 0)} pair(s)"

@@ -43,6 +43,9 @@ class PseudolabelSettings:
         refine: Adam steps of instance optimisation of every registered pair's field
             (:mod:`jointreg.inference.refine`); ``None``: :data:`DEFAULT_REFINE` in
             ``registration`` mode, 0 otherwise.
+        backend: what runs the registration network: ``torch`` or ``onnxruntime``
+            (:mod:`jointreg.inference.onnx_runtime`; CPU only, the same labels to float
+            rounding, so not one of :meth:`result_settings`). The segmentor runs in PyTorch.
     """
 
     mode: str = "fusion"
@@ -52,8 +55,12 @@ class PseudolabelSettings:
     device: str = "auto"
     verify: float | None = 0.6
     refine: int | None = None
+    backend: str = "torch"
 
     def __post_init__(self) -> None:
+        from jointreg.inference.onnx_runtime import check_backend
+
+        check_backend(self.backend, self.device)
         if self.mode not in MODES:
             raise ConfigError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
         registration = self.mode == "registration"
@@ -118,7 +125,7 @@ class CaseLabeller:
         from jointreg.data.dataset import Dataset
         from jointreg.data.slices import SliceSpec
         from jointreg.export.model_folder import load_model_folder
-        from jointreg.inference.run_models import for_inference
+        from jointreg.inference.onnx_runtime import registration_backend
         from jointreg.utils.device import resolve_device, set_threads
 
         set_threads(job.threads)
@@ -128,8 +135,9 @@ class CaseLabeller:
         self.spec = SliceSpec.from_dict(job.preprocessing)
         self.registration = self.segmentor = None
         if job.models.get("registration") and job.settings.mode != "segmentor":
-            self.registration = for_inference(
-                load_model_folder(job.models["registration"], device=self.device, kind="registration").model)
+            self.registration = registration_backend(
+                load_model_folder(job.models["registration"], device=self.device, kind="registration").model,
+                job.settings.backend)
         self.largest_component: list[int] = []
         if job.models.get("segmentor"):
             from jointreg.inference.postprocess import largest_component_classes

@@ -346,6 +346,7 @@ def register_files(
     device: Any = "auto",
     batch_size: int = 16,
     overwrite: bool = False,
+    backend: str = "torch",
 ) -> dict[str, Any]:
     """Register two NIfTI files with a model folder and write the results into ``out``.
 
@@ -363,18 +364,19 @@ def register_files(
     """
     from jointreg.data.nifti import write_volume
     from jointreg.export.model_folder import load_model_folder
-    from jointreg.inference.run_models import for_inference
+    from jointreg.inference.onnx_runtime import check_backend, registration_backend
     from jointreg.utils.atomic import atomic_dir, write_json
     from jointreg.utils.device import resolve_device
     from jointreg.version import __version__
 
     if field_format not in FIELD_FORMATS:
         raise ConfigError(f"unknown field format {field_format!r}; valid: {', '.join(FIELD_FORMATS)}")
+    check_backend(backend, str(device))
     out = Path(out)
     if out.exists() and not overwrite:
         raise InputError(out, "already exists (pass --overwrite to replace it)")
     loaded = load_model_folder(model, device=resolve_device(device), kind="registration")
-    for_inference(loaded.model)
+    loaded.model = registration_backend(loaded.model, backend)
     moving_volume = read_input_image(moving)
     fixed_volume = read_input_image(fixed)
     label_volume = read_input_labels(labels) if labels is not None else None
@@ -391,6 +393,7 @@ def register_files(
         "jointreg_version": __version__,
         "model": str(Path(model)),
         "architecture": loaded.architecture,
+        "backend": backend,
         "moving": str(Path(moving)),
         "fixed": str(Path(fixed)),
         "moving_labels": None if labels is None else str(Path(labels)),

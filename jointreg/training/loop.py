@@ -186,34 +186,8 @@ def run_plan(run: Run, state: TrainingState, stop_after: int | None = None, *, s
     registration_warmup = warmup_length(recipe)
     every = recipe.schedule.checkpoint_steps
     saved_step = state.step if saved else None
-    sampler = groups = objective = None
-    if nets.registration is not None:
-        pairs = recipe.pairs
-        try:
-            sampler = PairSampler(
-                data.train, radius=pairs.radius, cross_volume=pairs.cross_volume,
-                unannotated_moving=pairs.unannotated_moving, annotated_fixed=pairs.annotated_fixed,
-            )
-            groups = SegmentationGroups(
-                data.train, pairs=pairs, propagation=recipe.propagation,
-                warped_weight=recipe.segmentation.warped_weight, propagated_weight=recipe.segmentation.propagated_weight,
-                num_classes=data.num_classes, ignore_index=data.ignore_index, device=run.device,
-            )
-        except ValueError as exc:
-            raise InputError(data.dataset.root, str(exc)) from None
-        objective = RegistrationObjective(
-            recipe.registration, num_classes=data.num_classes, ignore_index=data.ignore_index,
-            penalty_weights=type(nets.registration).penalty_weights,
-        )
-    augment = None
-    if nets.segmentor is not None and recipe.segmentation.augmentation.enabled:
-        from jointreg.training.augment import SliceAugmenter
-
-        augment = SliceAugmenter(recipe.segmentation.augmentation)
-    batches = None
-    if nets.segmentor is not None:
-        batches = RealBatches(data.train, seed=recipe.seed, batch_size=recipe.segmentation.batch_size, share=ctx.share,
-                              augment=augment, device=run.device, plan=run.plan, ahead=_prefetch(run.device))
+    inputs = step_inputs(recipe, data, nets, run.device, run.plan, ctx.share)
+    sampler, groups, objective, batches = inputs.sampler, inputs.groups, inputs.objective, inputs.batches
     last_terms: dict[str, float] = {}
     started = time.perf_counter() - state.elapsed
     bar = tqdm(total=total, initial=state.step, desc=recipe.name, disable=None if run.show_progress else True,
@@ -281,6 +255,58 @@ def run_plan(run: Run, state: TrainingState, stop_after: int | None = None, *, s
         save_last(recipe, run.paths, nets, state)
     log.info("last losses: %s", json.dumps({k: round(v, 5) for k, v in last_terms.items()}))
     return state
+
+
+@dataclass
+class StepInputs:
+    """What the steps draw from: registration pairs and objective, the segmentor's
+    registration-derived groups and its annotated-slice batches (``None`` where a network is
+    absent)."""
+
+    sampler: PairSampler | None
+    groups: SegmentationGroups | None
+    objective: RegistrationObjective | None
+    batches: RealBatches | None
+
+
+def step_inputs(recipe: Recipe, data: TrainingData, nets: Networks, device: torch.device, plan: list[Phase],
+                share) -> StepInputs:
+    """The step inputs of a run (also built by benchmarks/train_steps.py). ``share`` keeps this
+    process's part of each batch (:meth:`~jointreg.training.distributed.Distributed.share`);
+    call ``batches.close()`` when done.
+
+    Raises:
+        InputError: the training volumes cannot form the pairs the recipe asks for.
+    """
+    sampler = groups = objective = None
+    if nets.registration is not None:
+        pairs = recipe.pairs
+        try:
+            sampler = PairSampler(
+                data.train, radius=pairs.radius, cross_volume=pairs.cross_volume,
+                unannotated_moving=pairs.unannotated_moving, annotated_fixed=pairs.annotated_fixed,
+            )
+            groups = SegmentationGroups(
+                data.train, pairs=pairs, propagation=recipe.propagation,
+                warped_weight=recipe.segmentation.warped_weight, propagated_weight=recipe.segmentation.propagated_weight,
+                num_classes=data.num_classes, ignore_index=data.ignore_index, device=device,
+            )
+        except ValueError as exc:
+            raise InputError(data.dataset.root, str(exc)) from None
+        objective = RegistrationObjective(
+            recipe.registration, num_classes=data.num_classes, ignore_index=data.ignore_index,
+            penalty_weights=type(nets.registration).penalty_weights,
+        )
+    augment = None
+    if nets.segmentor is not None and recipe.segmentation.augmentation.enabled:
+        from jointreg.training.augment import SliceAugmenter
+
+        augment = SliceAugmenter(recipe.segmentation.augmentation)
+    batches = None
+    if nets.segmentor is not None:
+        batches = RealBatches(data.train, seed=recipe.seed, batch_size=recipe.segmentation.batch_size, share=share,
+                              augment=augment, device=device, plan=plan, ahead=_prefetch(device))
+    return StepInputs(sampler, groups, objective, batches)
 
 
 def _prefetch(device: torch.device) -> bool:

@@ -91,6 +91,15 @@ def lr_lambda(kind: str, total: int):
     return lambda step: 0.05 + 0.95 * 0.5 * (1.0 + np.cos(np.pi * min(step, total) / total))
 
 
+def optimizer_options(device: torch.device) -> dict[str, bool]:
+    """Adam(W)'s implementation: the fused kernel on CPU and CUDA (one pass over all weights;
+    on CPU 4× faster than the default per-tensor loop: 0.04 vs 0.16 s per step for the
+    resnet18 UNet, benchmarks/train_steps.py). Its results equal the per-tensor loop's to
+    rounding (~1e-8 after 50 steps), not bit for bit; a checkpoint keeps the implementation it
+    was saved with, so resuming an older run stays exact."""
+    return {"fused": True} if device.type in ("cpu", "cuda") else {}
+
+
 def build_networks(recipe: Recipe, data: TrainingData, device: torch.device) -> Networks:
     """The recipe's networks on ``device``, each with Adam(W) and its learning-rate schedule."""
     plan = build_plan(recipe)
@@ -105,7 +114,8 @@ def build_networks(recipe: Recipe, data: TrainingData, device: torch.device) -> 
         if is_trainable(cfg.architecture):  # the plan's rule too: trained networks get phases and an optimiser
             if not any(True for _ in net.parameters()):
                 raise ConfigError(f"registration.architecture: {cfg.architecture} is trainable but has no parameters")
-            roles[-1].optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            roles[-1].optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                                   **optimizer_options(device))
     if recipe.segmentation.enabled:
         from jointreg.nets.segmentation import create_segmentor
 
@@ -113,7 +123,8 @@ def build_networks(recipe: Recipe, data: TrainingData, device: torch.device) -> 
         args = {"in_channels": 1, **cfg.arguments, "classes": data.num_classes}
         net = create_segmentor(cfg.architecture, **args).to(device)
         roles.append(NetworkRole(SEGMENTATION, "segmentor", net))
-        roles[-1].optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        roles[-1].optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                                **optimizer_options(device))
     for role in roles:
         if role.trains:
             steps = total_steps(plan, role.name)

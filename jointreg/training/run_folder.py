@@ -115,6 +115,22 @@ def read_run_recipe(run_dir: str | Path) -> Recipe:
         raise ConfigError(f"{path}: {exc}") from None
 
 
+def finished_summary(run_dir: str | Path, recipe: Recipe) -> dict[str, Any] | None:
+    """The ``summary.json`` of a run in ``run_dir`` that finished with ``recipe``'s settings
+    (what a study or a benchmark may reuse instead of training again), else ``None``."""
+    summary = RunPaths(run_dir).summary
+    if not summary.is_file():
+        return None
+    try:
+        data = json.loads(summary.read_text(encoding="utf-8"))
+        stored = read_run_recipe(run_dir)
+    except (json.JSONDecodeError, InputError, ConfigError):
+        return None
+    if data.get("status") != "finished" or recipe_differences(stored, recipe):
+        return None
+    return data
+
+
 def check_checkpoint_recipe(paths: RunPaths, recipe: Recipe) -> None:
     """Refuse to resume ``paths.last`` with a recipe other than the one it was written with.
 

@@ -33,7 +33,6 @@ adds one table per fold.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -181,29 +180,12 @@ def plan_runs(study: StudyConfig, base: Path, source: Path | None = None) -> lis
     return runs
 
 
-def _finished(run_dir: Path, recipe) -> dict[str, Any] | None:
-    from jointreg.export.run_folder import RunPaths
-    from jointreg.training.run_folder import read_run_recipe, recipe_differences
-
-    summary = RunPaths(run_dir).summary
-    if not summary.is_file():
-        return None
-    try:
-        data = json.loads(summary.read_text(encoding="utf-8"))
-        stored = read_run_recipe(run_dir)
-    except (json.JSONDecodeError, InputError, ConfigError):
-        return None
-    if data.get("status") != "finished" or recipe_differences(stored, recipe):
-        return None
-    return data
-
-
 def run_study(path: str | PathLike[str], *, overrides: list[str] | tuple[str, ...] = (), progress: bool = True,
               only: list[str] | None = None) -> dict[str, Any]:
     """Run (or reuse) every run of a study and write its table, JSON, plots and comparison."""
     from jointreg.export.run_folder import RunPaths
     from jointreg.training.loop import train
-    from jointreg.training.run_folder import has_started
+    from jointreg.training.run_folder import finished_summary, has_started
     from jointreg.training.warm_start import find_warm_start
 
     study, base = load_study(path, overrides)
@@ -220,7 +202,7 @@ def run_study(path: str | PathLike[str], *, overrides: list[str] | tuple[str, ..
     for index, planned in enumerate(runs, start=1):
         method, seed, recipe, run_dir = planned.method, planned.seed, planned.recipe, planned.run_dir
         what = f"{method} seed {seed}" + ("" if planned.fold is None else f" fold {planned.fold}")
-        done = _finished(run_dir, recipe)
+        done = finished_summary(run_dir, recipe)
         if done is None and only and method not in only:
             continue
         if done is not None:

@@ -315,3 +315,25 @@ def test_verified_chain_labels_stop_where_the_structure_stops_looking_like_itsel
     assert np.mean([truth[t].any() for t in kept]) > 0.8
     with pytest.raises(Exception, match="needs propagation.method: chain"):
         PropagationConfig(verify=0.6)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_weights_finite_finds_one_bad_weight_anywhere(bad):
+    from jointreg.training.steps import weights_finite
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(4, 2, 1))
+    assert weights_finite(net)
+    with torch.no_grad():
+        net[1].weight[1, 2, 0, 0] = bad
+    assert not weights_finite(net)
+
+
+def test_weights_finite_is_not_fooled_by_a_norm_that_overflows():
+    from jointreg.training.steps import weights_finite
+
+    net = torch.nn.Linear(64, 64)
+    with torch.no_grad():
+        net.weight.fill_(1e30)  # finite, but the sum of squares overflows float32
+    assert not torch.isfinite(torch.linalg.vector_norm(net.weight))
+    assert weights_finite(net)
+    assert weights_finite(torch.nn.ReLU())  # no weights at all
