@@ -27,11 +27,11 @@ def add_inference_options(parser: argparse.ArgumentParser, *, batch_unit: str) -
 
 
 def add_backend_option(parser: argparse.ArgumentParser) -> None:
-    """``--backend torch|onnxruntime`` for the registration network (:mod:`jointreg.inference.onnx_runtime`)."""
+    """``--backend torch|onnxruntime`` (:mod:`jointreg.inference.onnx_runtime`)."""
     parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
-                        help="what runs the registration network: torch (default) or onnxruntime (CPU; the network "
-                             "exported in memory once per size and checked against torch; 1.5-2.4x the pairs/s "
-                             "here; needs pip install 'jointreg[export]')")
+                        help="what runs the networks: torch (default) or onnxruntime (CPU; each network exported in "
+                             "memory once per input size and checked against torch; the registration network "
+                             "registers 1.5-2.4x the pairs/s here; needs pip install 'jointreg[export]')")
 
 
 def add_shard_options(parser: argparse.ArgumentParser, *, finished: str) -> None:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from jointreg.cli._options import add_inference_options, add_shard_options, chosen_shard, shard_line
+from jointreg.cli._options import add_backend_option, add_inference_options, add_shard_options, chosen_shard, shard_line
 
 NAME = "segment"
 HELP = "segment NIfTI volumes with a trained segmentor (labels keep the input geometry)"
@@ -48,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder for {case}.nii.gz")
     parser.add_argument("--probabilities", action="store_true", help="also write class probabilities (4D float NIfTI)")
     add_inference_options(parser, batch_unit="slices")
+    add_backend_option(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     add_shard_options(parser, finished="the complete segmentation.json")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     manifest = segment_inputs(
         args.model, args.inputs, args.out, probabilities=args.probabilities, batch_size=args.batch_size,
-        device=args.device, overwrite=args.overwrite, shard=shard, progress=not args.no_progress,
+        device=args.device, overwrite=args.overwrite, shard=shard, progress=not args.no_progress, backend=args.backend,
     )
     warned = sum(1 for case in manifest["cases"].values() if case["warnings"])
     done = len(manifest["already_done"])

@@ -254,6 +254,7 @@ def segment_inputs(
     overwrite: bool = False,
     shard: Shard | None = None,
     progress: bool = True,
+    backend: str = "torch",
 ) -> dict[str, Any]:
     """Segment NIfTI files, folders or datasets with a segmentor model folder.
 
@@ -286,6 +287,8 @@ def segment_inputs(
             already done (see above) is an error raised before anything is written.
         shard: segment only this shard's cases; ``None``: every case.
         progress: show a progress bar.
+        backend: ``torch`` or ``onnxruntime`` (:mod:`jointreg.inference.onnx_runtime`; CPU,
+            the same labels to float rounding, so not one of the job's settings).
 
     Returns:
         The manifest written to ``segmentation.json``, plus ``already_done`` (cases kept from an
@@ -304,8 +307,11 @@ def segment_inputs(
     from jointreg.utils.atomic import check_writable_output
     from jointreg.utils.device import resolve_device
 
+    from jointreg.inference.onnx_runtime import check_backend, segmentor_backend
+
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    check_backend(backend, str(device))
     refuse_overwrite(shard, overwrite)
     folder = resolve_model_folder(model, "segmentor")
     out = Path(out)
@@ -316,6 +322,7 @@ def segment_inputs(
     torch_device = resolve_device(device)
     loaded = _load_segmentor(folder, torch_device)
     settings = job_settings(folder, loaded, probabilities)
+    loaded.model = segmentor_backend(loaded.model, backend)
     planned = [item.case for item in items]
     mine = _shard_items(items, shard)
     if shard is not None:

@@ -143,3 +143,22 @@ def test_pseudolabel_with_onnxruntime_gives_torch_labels(trained_run, tmp_path):
     assert labels["torch"].keys() == labels["onnxruntime"].keys() and len(labels["torch"]) == 3
     for name, expected in labels["torch"].items():
         assert np.mean(labels["onnxruntime"][name] != expected) < 1e-3, name
+
+
+def test_segment_with_onnxruntime_gives_torch_labels(trained_run, tmp_path):
+    from jointreg.data.nifti import read_label
+    from jointreg.inference.segment import segment_inputs
+
+    images = sorted((trained_run["full"] / "imagesTr").glob("*.nii.gz"))[:2]
+    labels = {}
+    for backend in ("torch", "onnxruntime"):
+        out = tmp_path / backend
+        manifest = segment_inputs(trained_run["run"], images, out, device="cpu", progress=False, backend=backend)
+        assert len(manifest["cases"]) == 2
+        labels[backend] = {p.name: read_label(p).array for p in sorted(out.glob("*.nii.gz"))}
+    assert labels["torch"].keys() == labels["onnxruntime"].keys()
+    for name, expected in labels["torch"].items():
+        assert expected.any()  # the segmentor finds the organ
+        assert np.mean(labels["onnxruntime"][name] != expected) < 1e-3, name
+    with pytest.raises(ConfigError, match="runs on the CPU"):
+        segment_inputs(trained_run["run"], images, tmp_path / "gpu", device="cuda", backend="onnxruntime")
