@@ -34,7 +34,7 @@ def time_series_volume(array: np.ndarray, affine: np.ndarray, frame_interval_ms:
     import nibabel as nib
     import numpy as np
 
-    from jointreg.data.nifti import Volume
+    from jointreg.data.nifti import TIME_SERIES_MARK, Volume
 
     affine = np.array(affine, dtype=np.float64)
     step = 1.0 if frame_interval_ms is None else float(frame_interval_ms)
@@ -44,7 +44,7 @@ def time_series_volume(array: np.ndarray, affine: np.ndarray, frame_interval_ms:
     header = nib.Nifti1Header()
     header.set_xyzt_units("mm", "msec" if frame_interval_ms is not None else "unknown")
     known = "frame interval in ms" if frame_interval_ms is not None else "frame interval unknown, 1 per frame"
-    header["descrip"] = f"jointreg 2D+t: axis 2 is time, spacing = {known}".encode("ascii")
+    header["descrip"] = f"{TIME_SERIES_MARK}: axis 2 is time, spacing = {known}".encode("ascii")
     return Volume(array, affine, header)
 
 

@@ -50,6 +50,11 @@ MAX_VOXELS = 1 << 30
 _NIFTI2_HEADER_BYTES = 540
 
 
+TIME_SERIES_MARK = "jointreg 2D+t"
+"""How the header's ``descrip`` of a 2D+t volume starts (frames along axis 2; see
+:attr:`Volume.frame_axis`)."""
+
+
 @dataclass(frozen=True, eq=False)
 class Volume:
     """A 3D (or 2D) array with its geometry.
@@ -78,6 +83,16 @@ class Volume:
     def spacing(self) -> tuple[float, ...]:
         """Voxel size along each array axis in millimetres (column norms of the affine)."""
         return spacing_from_affine(self.affine, self.array.ndim)
+
+    @property
+    def frame_axis(self) -> int | None:
+        """The time axis of a 2D+t volume (an echo loop as the converters write it: frames along
+        axis 2, marked in the header's ``descrip``), else ``None``. Its "spacing" is a frame
+        interval, not a length: distances are measured within each frame."""
+        if self.header is None or self.array.ndim != 3:
+            return None
+        descrip = bytes(np.asarray(self.header["descrip"]).tobytes()).rstrip(b"\x00")
+        return 2 if descrip.startswith(TIME_SERIES_MARK.encode("ascii")) else None
 
     def with_array(self, array: np.ndarray) -> Volume:
         """The same geometry around new data of the same spatial shape."""

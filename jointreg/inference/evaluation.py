@@ -83,10 +83,11 @@ def evaluate_segmentor_on_volumes(
                          reference=volume.reference, is_label=True)
         truth = dataset.read_label(volume.case, split)
         gt = truth.array if label_lut is None else label_lut[truth.array]
-        case_rows = evaluate_arrays([(volume.case, prediction, gt, truth.spacing)], labels, ignore_label=ignore)
+        case_rows = evaluate_arrays([(volume.case, prediction, gt, truth.spacing, truth.frame_axis)], labels,
+                                    ignore_label=ignore)
         rows += case_rows
         if largest_component and raw_report_dir is not None:
-            raw_cases.append((volume.case, raw, gt, truth.spacing))
+            raw_cases.append((volume.case, raw, gt, truth.spacing, truth.frame_axis))
         if montage_slices:
             item = CaseMontage(volume.case, dataset.image_path(volume.case, split), gt, {"prediction": prediction}, case_rows)
             montages[volume.case] = case_montage_png(item, labels, spacing=truth.spacing, count=montage_slices,

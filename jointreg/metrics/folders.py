@@ -212,7 +212,10 @@ def _evaluate_task(task: _Task) -> tuple[list[ClassMetrics], list[int], bytes | 
     else:
         present = set(gt_present) | set(_present_values(prediction))
         classes = {f"label_{v}": v for v in sorted(present) if v != 0}
-    rows = evaluate_case(prediction, gt.array, classes, gt.spacing, task.ignore_label, case=task.case)
+    # An echo loop (2D+t): surface distances within each frame, not across time.
+    frame_axis = gt.frame_axis if gt.frame_axis is not None else pred.frame_axis
+    rows = evaluate_case(prediction, gt.array, classes, gt.spacing, task.ignore_label, case=task.case,
+                         frame_axis=frame_axis)
     png = None
     if task.montage_slices:
         png = case_montage_png(CaseMontage(task.case, task.image_path, gt.array, {"prediction": prediction}, rows),

@@ -85,15 +85,17 @@ class ClassMetrics:
 
 
 def _squeeze_singleton_axes(
-    arrays: Sequence[np.ndarray], spacing: tuple[float, ...]
-) -> tuple[list[np.ndarray], tuple[float, ...]]:
+    arrays: Sequence[np.ndarray], spacing: tuple[float, ...], frame_axis: int | None = None
+) -> tuple[list[np.ndarray], tuple[float, ...], int | None]:
     # A one-voxel-thick axis carries no surface: without this, a (X, Y, 1) volume would make
-    # every voxel a boundary voxel (the image ends above and below it).
+    # every voxel a boundary voxel (the image ends above and below it). Returns the frame axis
+    # renumbered (None once it is squeezed away: a single frame is a plain 2D image).
     keep = [axis for axis, size in enumerate(arrays[0].shape) if size > 1]
     if len(keep) == arrays[0].ndim or not keep:
-        return list(arrays), spacing
+        return list(arrays), spacing, frame_axis
     shape = tuple(arrays[0].shape[a] for a in keep)
-    return [a.reshape(shape) for a in arrays], tuple(spacing[a] for a in keep)
+    frame = keep.index(frame_axis) if frame_axis in keep else None
+    return [a.reshape(shape) for a in arrays], tuple(spacing[a] for a in keep), frame
 
 
 def _label_items(labels: Mapping[str, int] | Sequence[int]) -> list[tuple[str, int]]:
@@ -111,6 +113,7 @@ def evaluate_case(
     *,
     case: str = "",
     percentile: float = HD95_PERCENTILE,
+    frame_axis: int | None = None,
 ) -> list[ClassMetrics]:
     """Dice, HD, HD95 and ASSD of every class in ``labels`` for one case.
 
@@ -126,6 +129,9 @@ def evaluate_case(
             :mod:`jointreg.metrics.surface`).
         case: case id written into the rows.
         percentile: the percentile of the "HD95" column (95 by default).
+        frame_axis: the time axis of a 2D+t case (an echo loop): HD, HD95 and ASSD are then
+            measured within each frame (:func:`~jointreg.metrics.surface.surface_metrics`);
+            Dice pools all frames.
 
     Returns:
         One :class:`ClassMetrics` per class, in the order of ``labels``.
@@ -140,7 +146,9 @@ def evaluate_case(
     if gt_arr.ndim not in (2, 3):
         raise ValueError(f"case {case!r}: expected 2D or 3D label maps, got shape {gt_arr.shape}")
     spacing_mm = as_spacing(spacing, gt_arr.ndim)
-    (pred_arr, gt_arr), spacing_mm = _squeeze_singleton_axes([pred_arr, gt_arr], spacing_mm)
+    (pred_arr, gt_arr), spacing_mm, frame_axis = _squeeze_singleton_axes([pred_arr, gt_arr], spacing_mm, frame_axis)
+    if gt_arr.ndim < 3:
+        frame_axis = None
     known = None if ignore_label is None else gt_arr != ignore_label
     if known is not None and known.all():
         known = None
@@ -154,7 +162,7 @@ def evaluate_case(
         elif counts.pred == 0 or counts.gt == 0:
             surface = SurfaceMetrics.one_empty()
         else:
-            surface = surface_metrics(pred_mask, gt_mask, spacing_mm, known, percentile=percentile)
+            surface = surface_metrics(pred_mask, gt_mask, spacing_mm, known, percentile=percentile, frame_axis=frame_axis)
         rows.append(
             ClassMetrics(
                 case=case, class_name=name, class_id=class_id, dice=counts.dice,
@@ -175,7 +183,8 @@ def evaluate_arrays(
     """Evaluate many in-memory predictions; rows for all cases, case by case.
 
     Args:
-        cases: ``(case_id, pred, gt, spacing)`` tuples; arrays as in :func:`evaluate_case`.
+        cases: ``(case_id, pred, gt, spacing)`` tuples, arrays as in :func:`evaluate_case`;
+            a fifth element is the case's ``frame_axis`` (2D+t cases).
         labels: classes to evaluate, ``{name: id}``.
         ignore_label: ground-truth id of unknown voxels, or ``None``.
         progress: show a progress bar (tqdm; silent when not a terminal).
@@ -187,6 +196,7 @@ def evaluate_arrays(
     from tqdm.auto import tqdm
 
     rows: list[ClassMetrics] = []
-    for case, pred, gt, spacing in tqdm(cases, desc="evaluate", unit="case", disable=not progress or None):
-        rows.extend(evaluate_case(pred, gt, labels, spacing, ignore_label, case=str(case)))
+    for case, pred, gt, spacing, *frame in tqdm(cases, desc="evaluate", unit="case", disable=not progress or None):
+        rows.extend(evaluate_case(pred, gt, labels, spacing, ignore_label, case=str(case),
+                                  frame_axis=frame[0] if frame else None))
     return rows

@@ -200,8 +200,17 @@ def surface_metrics(
     known: Any | None = None,
     *,
     percentile: float = HD95_PERCENTILE,
+    frame_axis: int | None = None,
 ) -> SurfaceMetrics:
     """HD, HD``percentile`` and ASSD in mm with the empty-mask rules (see module docstring).
+
+    Args:
+        frame_axis: for a 2D+t stack (e.g. an echo loop), the time axis: distances are then
+            measured within each frame, in 2D with the other axes' spacing (the time axis's
+            "spacing" is a frame interval, not a length), and the boundary distances of all
+            frames are pooled (HD = the largest, ASSD = their mean). The empty-mask rules hold
+            per frame: frames where both masks are empty are skipped, and a frame where exactly
+            one is empty makes the structure *missed*.
 
     Example:
         >>> a = np.zeros((20, 20), bool); a[5:10, 5:10] = True
@@ -212,6 +221,9 @@ def surface_metrics(
     gt = as_numpy(gt_mask).astype(bool, copy=False)
     if known is not None:
         known = as_numpy(known).astype(bool, copy=False)
+    if frame_axis is not None:
+        return _framewise_metrics(pred, gt, spacing, known, percentile, frame_axis)
+    if known is not None:
         pred_any, gt_any = bool((pred & known).any()), bool((gt & known).any())
     else:
         pred_any, gt_any = bool(pred.any()), bool(gt.any())
@@ -223,6 +235,31 @@ def surface_metrics(
     return SurfaceMetrics(
         hd=distances.hd, hd95=distances.hausdorff(percentile), assd=distances.assd, missed=False
     )
+
+
+def _framewise_metrics(pred: np.ndarray, gt: np.ndarray, spacing, known, percentile: float, axis: int) -> SurfaceMetrics:
+    """:func:`surface_metrics` frame by frame along ``axis``, distances pooled."""
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from ground truth {gt.shape}")
+    if not 0 <= axis < gt.ndim:
+        raise ValueError(f"frame axis {axis} is not an axis of a {gt.ndim}D array")
+    in_plane = tuple(v for a, v in enumerate(as_spacing(spacing, gt.ndim)) if a != axis)
+    to_gt, to_pred = [], []
+    for t in range(gt.shape[axis]):
+        p, g = np.take(pred, t, axis=axis), np.take(gt, t, axis=axis)
+        k = None if known is None else np.take(known, t, axis=axis)
+        p_any, g_any = (bool(p.any()), bool(g.any())) if k is None else (bool((p & k).any()), bool((g & k).any()))
+        if not p_any and not g_any:
+            continue
+        if not p_any or not g_any:
+            return SurfaceMetrics.one_empty()
+        frame = surface_distances(p, g, in_plane, k)
+        to_gt.append(frame.pred_to_gt)
+        to_pred.append(frame.gt_to_pred)
+    if not to_gt:
+        return SurfaceMetrics.both_empty()
+    pooled = SurfaceDistances(np.concatenate(to_gt), np.concatenate(to_pred))
+    return SurfaceMetrics(hd=pooled.hd, hd95=pooled.hausdorff(percentile), assd=pooled.assd, missed=False)
 
 
 def hausdorff_distance(

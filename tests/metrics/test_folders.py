@@ -254,3 +254,20 @@ def test_the_report_names_unscored_classes_and_links_montages_worst_first(tmp_pa
     only = evaluate_folders(pred_other, root, progress=False)
     write_report(only.rows, tmp_path / "report2", info=only.info, plots=False)
     assert "**not scored**: organ" in (tmp_path / "report2" / "summary.md").read_text()
+
+
+def test_echo_loops_are_scored_within_frames(tmp_path):
+    # A 2D+t label file as the echo converters write it: axis 2 is time (33 ms per frame).
+    from data_tools._common.video import time_series_volume
+
+    gt = np.zeros((24, 24, 3), np.int16)
+    gt[4:14, 4:14, :] = 1
+    pred = np.zeros_like(gt)
+    pred[6:16, 4:14, :] = 1  # 2 voxels off in every frame
+    affine = np.diag([0.3, 0.3, 1.0, 1.0])
+    reference = time_series_volume(gt.astype(np.float32), affine, 33.0)
+    for folder, array in (("gt", gt), ("pred", pred)):
+        write_volume(tmp_path / folder / "loop.nii.gz", array, reference=reference, is_label=True)
+    row = evaluate_folders(tmp_path / "pred", tmp_path / "gt", labels=None, progress=False).rows[0]
+    assert row.hd == pytest.approx(0.6)  # 2 voxels × 0.3 mm: no distance across frames
+    assert row.dice == pytest.approx(2 * 8 / 20)

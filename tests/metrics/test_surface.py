@@ -295,3 +295,48 @@ def test_agrees_with_medpy_and_monai_on_random_blobs(shape, spacing, seed):
     assert ours.hd == pytest.approx(hd, rel=1e-5)
     assert ours.hd95 == pytest.approx(hd95, rel=1e-5)
     assert ours.assd == pytest.approx(asd, rel=1e-5)
+
+
+def _square_stack():
+    """Two frames of a 20×20 square, frame 0 predicted 2 voxels off along x, frame 1 3 along y."""
+    gt = np.zeros((30, 30, 2), bool)
+    gt[5:25, 5:25, :] = True
+    pred = np.zeros_like(gt)
+    pred[7:27, 5:25, 0] = True
+    pred[5:25, 8:28, 1] = True
+    return pred, gt
+
+
+def test_framewise_distances_stay_within_each_frame():
+    from jointreg.metrics.surface import surface_metrics
+
+    pred, gt = _square_stack()
+    # In-plane 0.5 mm; the time "spacing" (a 40 ms frame interval) must not enter any distance.
+    framed = surface_metrics(pred, gt, (0.5, 0.5, 40.0), frame_axis=2)
+    assert framed.hd == pytest.approx(1.5)  # 3 voxels × 0.5 mm, in frame 1
+    assert framed.hd == surface_metrics(pred, gt, (0.5, 0.5, 4000.0), frame_axis=2).hd
+    frame0 = surface_metrics(pred[..., 0], gt[..., 0], 0.5)
+    frame1 = surface_metrics(pred[..., 1], gt[..., 1], 0.5)
+    assert max(frame0.hd, frame1.hd) == framed.hd
+    assert min(frame0.assd, frame1.assd) < framed.assd < max(frame0.assd, frame1.assd)
+    # As one 3D volume the frames would be neighbouring slices 40 mm apart: another answer.
+    assert surface_metrics(pred, gt, (0.5, 0.5, 40.0)).assd != pytest.approx(framed.assd)
+
+
+def test_framewise_empty_mask_rules():
+    from jointreg.metrics.surface import surface_metrics
+
+    pred, gt = _square_stack()
+    blank = np.zeros((30, 30, 1), bool)
+    # A frame where neither has the structure is skipped.
+    both = surface_metrics(np.concatenate([pred, blank], 2), np.concatenate([gt, blank], 2), 0.5, frame_axis=2)
+    assert both.hd == pytest.approx(surface_metrics(pred, gt, 0.5, frame_axis=2).hd) and not both.missed
+    # A frame the prediction misses makes the structure missed.
+    missed = surface_metrics(np.concatenate([pred, blank], 2), np.concatenate([gt, gt[..., :1]], 2), 0.5, frame_axis=2)
+    assert missed.missed and np.isnan(missed.hd)
+    # ... unless that frame's truth is unknown.
+    known = np.ones((30, 30, 3), bool)
+    known[..., 2] = False
+    ok = surface_metrics(np.concatenate([pred, blank], 2), np.concatenate([gt, gt[..., :1]], 2), 0.5, known, frame_axis=2)
+    assert not ok.missed and ok.hd == pytest.approx(1.5)
+    assert surface_metrics(blank, blank, 0.5, frame_axis=2).hd == 0.0
