@@ -37,15 +37,17 @@ class PropagatedBatch:
     """Pairs turned into segmentation samples by the registration network.
 
     Attributes:
-        warped_images, warped_labels: moving images and labels warped onto the fixed grid.
+        warped_images, warped_labels: moving images and labels warped onto the fixed grid
+            (``None`` for a propagated group labelled without registering its pairs: chain
+            labels and no residual rule).
         fixed_images: the fixed images.
         fixed_targets: labels for the fixed images: the fixed slice's own label where known,
             the propagated label elsewhere; ``ignore_index`` where neither is trusted.
         trust: ``(B,)`` per-sample weight of the propagated targets (distance decay).
     """
 
-    warped_images: torch.Tensor
-    warped_labels: torch.Tensor
+    warped_images: torch.Tensor | None
+    warped_labels: torch.Tensor | None
     fixed_images: torch.Tensor
     fixed_targets: torch.Tensor
     trust: torch.Tensor
@@ -140,7 +142,8 @@ class PropagationPolicy:
 
     @torch.no_grad()
     def label(self, net: torch.nn.Module, batch: RegistrationBatch, *, segmentor: torch.nn.Module | None = None,
-              propagated: torch.Tensor | None = None, distance: torch.Tensor | None = None) -> PropagatedBatch:
+              propagated: torch.Tensor | None = None, distance: torch.Tensor | None = None,
+              warp: bool = True) -> PropagatedBatch:
         """Warp moving slices and labels onto fixed slices and build the trusted targets.
 
         Args:
@@ -151,14 +154,20 @@ class PropagationPolicy:
                 propagation) to use instead of the directly warped moving labels.
             distance: ``(B,)`` slice distances those labels travelled (default: the pairs'), for
                 the distance rules (``foreground_within``, ``absent_residual``, distance trust).
+            warp: the caller uses the warped images and labels too. Without it, and with
+                ``propagated`` labels and no residual rule, the pairs are not registered at all
+                (the targets are the same; the registration forward is saved).
         """
         cfg, ignore_index = self.config, self.ignore_index
         if distance is not None:
             batch = dataclasses.replace(batch, distance=distance)
-        out, warped_labels = self._register(net, batch)
+        uses_residual = cfg.absent_residual is not None or "residual" in cfg.trust
+        out = warped_labels = None
+        if warp or propagated is None or uses_residual:
+            out, warped_labels = self._register(net, batch)
         propagated = warped_labels.clone() if propagated is None else propagated.clone()
         unknown = torch.full_like(propagated, ignore_index)
-        if cfg.absent_residual is not None or "residual" in cfg.trust:
+        if uses_residual:
             residual = (out.warped - batch.fixed).abs().mean(1, keepdim=True)
         broadcast = (-1, *([1] * (propagated.dim() - 1)))
         if cfg.absent_residual is not None:
@@ -199,7 +208,7 @@ class PropagationPolicy:
             )
         targets = torch.where(batch.fixed_label != ignore_index, batch.fixed_label, propagated)
         weights = distance_trust(batch.distance, cfg.trust_decay) if "distance" in cfg.trust else torch.ones_like(batch.distance)
-        return PropagatedBatch(out.warped, warped_labels, batch.fixed, targets, weights)
+        return PropagatedBatch(None if out is None else out.warped, warped_labels, batch.fixed, targets, weights)
 
 
 class SegmentationGroups:
@@ -327,5 +336,5 @@ class SegmentationGroups:
                 propagated = warped
             else:
                 batch = self._batch(self.propagation_sampler, n_pairs, rng, share)
-                propagated = self.policy.label(net, batch, segmentor=segmentor, **self._chained(batch))
+                propagated = self.policy.label(net, batch, segmentor=segmentor, warp=False, **self._chained(batch))
         return warped, propagated

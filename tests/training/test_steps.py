@@ -337,3 +337,46 @@ def test_weights_finite_is_not_fooled_by_a_norm_that_overflows():
     assert not torch.isfinite(torch.linalg.vector_norm(net.weight))
     assert weights_finite(net)
     assert weights_finite(torch.nn.ReLU())  # no weights at all
+
+
+def test_chain_labelled_group_is_not_registered_again(volumes):
+    """With chain labels and no residual rule the propagated group's targets need no registration:
+    the network is not called for it, and the targets equal those of a registered draw."""
+    from jointreg.nets.registration import create_registration_net
+    from jointreg.training.propagation import SegmentationGroups
+
+    class Counting(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net, self.calls = create_registration_net("fmirnet", spatial_dims=2, features=[8, 16, 16]), 0
+
+        def forward(self, moving, fixed):
+            self.calls += 1
+            return self.net(moving, fixed)
+
+    def groups(trust=()):
+        return SegmentationGroups(volumes, pairs=PairConfig(radius=2),
+                                  propagation=PropagationConfig(method="chain", radius=4, trust=trust, background_margin=2),
+                                  warped_weight=1.0, propagated_weight=1.0, num_classes=5, ignore_index=5,
+                                  device=torch.device("cpu"))
+
+    torch.manual_seed(0)
+    net, g = Counting(), groups()
+    g.refresh(net, version=0)
+    net.calls = 0
+    warped, propagated = g.draw(net, 4, np.random.default_rng(0))
+    assert net.calls == 1  # the warped group only (the two groups draw different pairs)
+    assert warped.warped_images is not None and propagated.warped_images is None
+    # The same pairs labelled with the registration: the same targets.
+    rng = np.random.default_rng(0)
+    g._batch(g.warp_sampler, 4, rng, None)
+    batch = g._batch(g.propagation_sampler, 4, rng, None)
+    registered = g.policy.label(net, batch, warp=True, **g._chained(batch))
+    assert torch.equal(registered.fixed_targets, propagated.fixed_targets)
+    # A residual rule needs the warped images: then the pairs are registered.
+    net.calls = 0
+    residual = groups(trust=("residual",))
+    residual.refresh(net, version=0)
+    net.calls = 0
+    residual.draw(net, 4, np.random.default_rng(0))
+    assert net.calls == 2
