@@ -35,7 +35,32 @@ def check_network_arguments(recipe: Any) -> None:
         from jointreg.nets.registration import registration_arguments
 
         registration_arguments(recipe.registration.architecture, recipe.registration.arguments, "registration.arguments")
+        check_registration_terms(recipe.registration)
     if recipe.segmentation.enabled:
         from jointreg.nets.segmentation import segmentor_arguments
 
         segmentor_arguments(recipe.segmentation.architecture, recipe.segmentation.arguments, "segmentation.arguments")
+
+
+def check_registration_terms(config: Any) -> None:
+    """``registration.similarity`` and the names in ``registration.penalties`` at recipe load
+    (before any data is read), with the same messages as when the objective is built.
+
+    Raises:
+        ConfigError: an unknown similarity (listing the valid ones), or a penalty the network
+            does not have (listing its penalties).
+    """
+    from jointreg.losses.similarity import SIMILARITY_LOSSES
+    from jointreg.nets.registration import REGISTRATION_NETS
+
+    if config.similarity not in SIMILARITY_LOSSES:
+        raise ConfigError(f"registration.similarity: unknown similarity {config.similarity!r}; "
+                          f"valid names: {', '.join(SIMILARITY_LOSSES)}")
+    entry = REGISTRATION_NETS.get(config.architecture)
+    if entry is None or not config.penalties:
+        return
+    defaults = dict(getattr(entry.cls, "penalty_weights", {}) or {})
+    unknown = sorted(set(config.penalties) - set(defaults))
+    if unknown:
+        valid = ", ".join(sorted(defaults)) or "none"
+        raise ConfigError(f"registration.penalties: {config.architecture} has no penalty {unknown[0]!r} (it has: {valid})")

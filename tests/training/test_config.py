@@ -52,6 +52,10 @@ def test_overrides_parse_values_as_yaml():
         ({"propagation": {"background_margin": -1}}, r"propagation.background_margin: must be >= 0"),
         ({"segmentation": {"background_margin": 2, "appearance_percentiles": [99, 1]}}, r"need 0 <= low < high <= 100"),
         ({"propagation": {"appearance_percentiles": [1, 99]}}, r"needs propagation.background_margin"),
+        ({"registration": {"similarity": "nccx"}}, r"registration.similarity: unknown similarity 'nccx'; valid names: mse"),
+        ({"registration": {"architecture": "affine-deformable", "penalties": {"affine": 1.0}}},
+         r"registration.penalties: affine-deformable has no penalty 'affine' \(it has: affine_identity, gradient_identity\)"),
+        ({"registration": {"penalties": {"kl": 1.0}}}, r"registration.penalties: fmirnet has no penalty 'kl' \(it has: none\)"),
     ],
 )
 def test_bad_recipes_name_the_key(data, message):
