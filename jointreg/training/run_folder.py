@@ -95,6 +95,16 @@ def describe_changes(changes: list[tuple[str, Any, Any]], limit: int = 6) -> str
     return text + (f" and {len(changes) - limit} more" if len(changes) > limit else "")
 
 
+NEUTRAL_SECTIONS = ("logging.",)
+"""Recipe keys that change what a run logs, never its weights or results (the monitor, for
+one, is documented and tested to leave the weights alone): ``--resume`` accepts new values of
+them, and a study reuses a finished run that differs only in them."""
+
+
+def _weight_changes(changes: list[tuple[str, Any, Any]]) -> list[tuple[str, Any, Any]]:
+    return [c for c in changes if not c[0].startswith(NEUTRAL_SECTIONS)]
+
+
 def recipe_differences(a: Recipe, b: Recipe) -> list[str]:
     """Dotted keys whose values differ between two recipes."""
     return [key for key, _, _ in recipe_changes(a.to_dict(), b.to_dict())]
@@ -126,7 +136,7 @@ def finished_summary(run_dir: str | Path, recipe: Recipe) -> dict[str, Any] | No
         stored = read_run_recipe(run_dir)
     except (json.JSONDecodeError, InputError, ConfigError):
         return None
-    if data.get("status") != "finished" or recipe_differences(stored, recipe):
+    if data.get("status") != "finished" or _weight_changes(recipe_changes(stored.to_dict(), recipe.to_dict())):
         return None
     return data
 
@@ -148,7 +158,7 @@ def check_checkpoint_recipe(paths: RunPaths, recipe: Recipe) -> None:
     stored = record["resolved"]
     with contextlib.suppress(ConfigError):  # read as today's recipe: fields added since get their defaults
         stored = canonical_recipe(recipe_from_dict(stored))
-    changes = recipe_changes(stored, canonical_recipe(recipe))
+    changes = _weight_changes(recipe_changes(stored, canonical_recipe(recipe)))
     if changes:
         raise ConfigError(
             f"{paths.root}: cannot resume, the recipe changed since its checkpoint was written "
@@ -224,10 +234,14 @@ def prepare_run_folder(recipe: Recipe, paths: RunPaths, *, resume: bool, overwri
     if resume:
         if not paths.is_run():
             raise InputError(paths.root, "cannot resume: not a jointreg run folder (recipe.yaml is missing)")
-        changes = recipe_changes(canonical_recipe(read_run_recipe(paths.root)), canonical_recipe(recipe))
+        all_changes = recipe_changes(canonical_recipe(read_run_recipe(paths.root)), canonical_recipe(recipe))
+        changes = _weight_changes(all_changes)
         if changes:
             raise ConfigError(f"{paths.root}: cannot resume, the run was made by a different recipe "
                               f"(differs in: {describe_changes(changes)})")
+        if all_changes:  # logging only: the run goes on with the new settings, and records them
+            log.info("%s: resuming with other logging settings (%s)", paths.root, describe_changes(all_changes))
+            write_text(paths.recipe, dump_recipe(recipe))
         remove_run_temporaries(paths)
         if paths.last.is_dir():
             check_checkpoint_recipe(paths, recipe)

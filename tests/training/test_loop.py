@@ -325,6 +325,24 @@ def test_resume_with_a_different_recipe_is_refused(tiny_recipe):
         train(tiny_recipe("registration.lr=0.5", name="r"), run_dir=stopped["run"], resume=True)
 
 
+def test_resume_takes_new_logging_settings_and_the_same_weights(tiny_recipe):
+    """Logging never changes the weights, so a run may resume with other logging settings
+    (e.g. the monitor turned on); the folder's recipe records them."""
+    from jointreg.training.run_folder import read_run_recipe
+
+    straight = train(tiny_recipe(name="straight_log"))
+    stopped = train(tiny_recipe(name="relogged"), stop_after=4)
+    changed = tiny_recipe("logging.log_every=1", "logging.panel_slices=0", name="relogged")
+    resumed = train(changed, run_dir=stopped["run"], resume=True)
+    assert resumed["status"] == "finished"
+    assert_same_exported_weights(straight["run"], resumed["run"])
+    assert read_run_recipe(resumed["run"]).logging.log_every == 1
+    # Anything else still has to match.
+    with pytest.raises(ConfigError, match=r"differs in: registration.lr"):
+        train(tiny_recipe("registration.lr=0.5", "logging.log_every=1", name="relogged"), run_dir=stopped["run"],
+              resume=True)
+
+
 def test_existing_run_folder_is_not_overwritten(tiny_recipe):
     train(tiny_recipe(name="again"), stop_after=1)
     with pytest.raises(InputError, match="run folder already exists"):
