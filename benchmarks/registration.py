@@ -41,6 +41,10 @@ one model trains 800 steps (64², batch 8) in about a minute; the whole part tak
         [--data ../shared/data] [--datasets phantom,chaos] [--steps 800] [--work DIR] \
         [--accuracy-models identity,voxelmorph,fmirnet-1,fmirnet-2,fmirnet,fmirnet-diff] \
         [--out results/registration_benchmark.json]   # also writes the .md next to it
+
+``--accuracy-models all`` trains every registry network; with ``--work`` a later call reuses the
+finished runs (same recipe), so the part can be resumed, and one call per data set can run in
+parallel (same ``--work``) and be merged: ``--merge A.json B.json --out FILE`` writes one report.
 """
 
 from __future__ import annotations
@@ -711,6 +715,28 @@ def conditions(args: argparse.Namespace) -> dict:
     return info
 
 
+def merge_reports(paths: list[Path], out: Path) -> int:
+    """One accuracy report from several (their data sets side by side; conditions of each kept)."""
+    from jointreg.utils.atomic import write_text
+
+    reports = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+    accuracy = {k: v for k, v in reports[0]["accuracy"].items() if k != "settings"}
+    accuracy["settings"] = {}
+    for report in reports:
+        if report["accuracy"].get("steps") != accuracy.get("steps"):
+            raise SystemExit(f"--merge: the reports trained different numbers of steps ({paths})")
+        accuracy["settings"].update(report["accuracy"]["settings"])
+    commands = [r["conditions"]["command"] for r in reports]
+    merged = {"conditions": {**reports[0]["conditions"], "command": " ; ".join(commands),
+                             "merged_from": [r["conditions"] for r in reports]},
+              "accuracy": accuracy}
+    text = json.dumps(merged, indent=2)
+    write_text(out, text + "\n")
+    write_text(out.with_suffix(".md"), accuracy_markdown(merged, merged["conditions"]["command"]) + "\n")
+    print(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=[*PARTS, "all"], default="all")
@@ -740,10 +766,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="accuracy: keep data sets and runs here (default: a temporary folder); a later call "
                              "with the same settings reuses the finished runs")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here (and, with the accuracy part, a .md beside it)")
+    parser.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
+                        help="run nothing: merge the accuracy parts of these reports (e.g. one per data set, run "
+                             "in parallel) into --out and its .md")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_probe is not None:
         return memory_probe(args.memory_probe)
+    if args.merge is not None:
+        if args.out is None:
+            parser.error("--merge needs --out")
+        return merge_reports(args.merge, args.out)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     report = {"conditions": conditions(args)}
