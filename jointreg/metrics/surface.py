@@ -223,10 +223,7 @@ def surface_metrics(
         known = as_numpy(known).astype(bool, copy=False)
     if frame_axis is not None:
         return _framewise_metrics(pred, gt, spacing, known, percentile, frame_axis)
-    if known is not None:
-        pred_any, gt_any = bool((pred & known).any()), bool((gt & known).any())
-    else:
-        pred_any, gt_any = bool(pred.any()), bool(gt.any())
+    pred_any, gt_any = _present(pred, gt, known)
     if not pred_any and not gt_any:
         return SurfaceMetrics.both_empty()
     if not pred_any or not gt_any:
@@ -235,6 +232,13 @@ def surface_metrics(
     return SurfaceMetrics(
         hd=distances.hd, hd95=distances.hausdorff(percentile), assd=distances.assd, missed=False
     )
+
+
+def _present(pred: np.ndarray, gt: np.ndarray, known: np.ndarray | None) -> tuple[bool, bool]:
+    """Whether each mask holds any (known) voxel: the input of the empty-mask rules."""
+    if known is None:
+        return bool(pred.any()), bool(gt.any())
+    return bool((pred & known).any()), bool((gt & known).any())
 
 
 def _framewise_metrics(pred: np.ndarray, gt: np.ndarray, spacing, known, percentile: float, axis: int) -> SurfaceMetrics:
@@ -248,7 +252,7 @@ def _framewise_metrics(pred: np.ndarray, gt: np.ndarray, spacing, known, percent
     for t in range(gt.shape[axis]):
         p, g = np.take(pred, t, axis=axis), np.take(gt, t, axis=axis)
         k = None if known is None else np.take(known, t, axis=axis)
-        p_any, g_any = (bool(p.any()), bool(g.any())) if k is None else (bool((p & k).any()), bool((g & k).any()))
+        p_any, g_any = _present(p, g, k)
         if not p_any and not g_any:
             continue
         if not p_any or not g_any:

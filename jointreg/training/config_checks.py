@@ -57,10 +57,19 @@ def check_registration_terms(config: Any) -> None:
         raise ConfigError(f"registration.similarity: unknown similarity {config.similarity!r}; "
                           f"valid names: {', '.join(SIMILARITY_LOSSES)}")
     entry = REGISTRATION_NETS.get(config.architecture)
-    if entry is None or not config.penalties:
-        return
-    defaults = dict(getattr(entry.cls, "penalty_weights", {}) or {})
-    unknown = sorted(set(config.penalties) - set(defaults))
+    if entry is not None:
+        check_penalty_names(config.architecture, config.penalties, getattr(entry.cls, "penalty_weights", {}))
+
+
+def check_penalty_names(architecture: str, penalties: Any, defaults: Any) -> None:
+    """Every name in ``registration.penalties`` is one of the network's penalties (``defaults``:
+    its default weights by name); the one check behind the recipe load and the objective.
+
+    Raises:
+        ConfigError: naming the unknown penalty and the network's penalties.
+    """
+    known = dict(defaults or {})
+    unknown = sorted(set(penalties) - set(known))
     if unknown:
-        valid = ", ".join(sorted(defaults)) or "none"
-        raise ConfigError(f"registration.penalties: {config.architecture} has no penalty {unknown[0]!r} (it has: {valid})")
+        valid = ", ".join(sorted(known)) or "none"
+        raise ConfigError(f"registration.penalties: {architecture} has no penalty {unknown[0]!r} (it has: {valid})")

@@ -25,7 +25,7 @@ from functools import cached_property
 import torch
 
 from jointreg.data.batches import RegistrationBatch
-from jointreg.errors import ConfigError
+from jointreg.training.config_checks import check_penalty_names
 from jointreg.losses.regularization import bending_energy, diffusion
 from jointreg.losses.segmentation import soft_dice
 from jointreg.losses.similarity import create_similarity_loss, ssim
@@ -106,10 +106,7 @@ class RegistrationObjective:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         defaults = dict(penalty_weights or {})
-        unknown = sorted(set(config.penalties) - set(defaults))
-        if unknown:
-            valid = ", ".join(sorted(defaults)) or "none"
-            raise ConfigError(f"registration.penalties: {config.architecture} has no penalty {unknown[0]!r} (it has: {valid})")
+        check_penalty_names(config.architecture, config.penalties, defaults)
         self.penalty_weights = {**defaults, **config.penalties}
         similarity = create_similarity_loss(config.similarity)
         smoothness = diffusion if config.smoothness == "diffusion" else bending_energy
