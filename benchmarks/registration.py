@@ -470,7 +470,7 @@ def accuracy_setting(setting: str, args: argparse.Namespace) -> dict:
     from jointreg.export.model_folder import load_model_folder
     from jointreg.training.config import load_recipe
     from jointreg.training.loop import train
-    from jointreg.training.run_folder import finished_summary
+    from jointreg.training.run_folder import check_not_finished_otherwise, finished_summary
     from jointreg.utils.atomic import write_text
 
     started, started_cpu = time.perf_counter(), cpu_seconds()
@@ -494,6 +494,8 @@ def accuracy_setting(setting: str, args: argparse.Namespace) -> dict:
             print(f"  accuracy: reusing {run_dir}", file=sys.stderr, flush=True)
             train_wall, train_cpu = json.loads(timing.read_text(encoding="utf-8"))
         else:
+            if not args.retrain:
+                check_not_finished_otherwise(run_dir, recipe)
             t0, c0 = time.perf_counter(), cpu_seconds()
             summary = train(recipe, overwrite=True, progress=False)
             train_wall, train_cpu = time.perf_counter() - t0, cpu_seconds() - c0
@@ -765,6 +767,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=None,
                         help="accuracy: keep data sets and runs here (default: a temporary folder); a later call "
                              "with the same settings reuses the finished runs")
+    parser.add_argument("--retrain", action="store_true",
+                        help="accuracy: train again (replacing them) the runs in --work that finished with other "
+                             "settings; without it such a run stops the benchmark before it is touched")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here (and, with the accuracy part, a .md beside it)")
     parser.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
                         help="run nothing: merge the accuracy parts of these reports (e.g. one per data set, run "
@@ -780,9 +785,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     report = {"conditions": conditions(args)}
-    for part, fn in PARTS.items():
-        if args.part in (part, "all"):
-            report[part] = fn(args)
+    from jointreg.errors import ConfigError
+
+    try:
+        for part, fn in PARTS.items():
+            if args.part in (part, "all"):
+                report[part] = fn(args)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     report["conditions"]["load_average_end"] = [round(v, 2) for v in load] if load else None
     report = portable(report, args)

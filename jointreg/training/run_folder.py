@@ -101,8 +101,19 @@ one, is documented and tested to leave the weights alone): ``--resume`` accepts 
 them, and a study reuses a finished run that differs only in them."""
 
 
+PATH_KEYS = ("data.dataset", "output")
+"""Recipe keys that name a place on disk: two spellings of one place (relative and absolute,
+through a symbolic link) are the same setting."""
+
+
+def _same_place(a: Any, b: Any) -> bool:
+    return isinstance(a, str) and isinstance(b, str) and bool(a) and bool(b) \
+        and os.path.realpath(a) == os.path.realpath(b)
+
+
 def _weight_changes(changes: list[tuple[str, Any, Any]]) -> list[tuple[str, Any, Any]]:
-    return [c for c in changes if not c[0].startswith(NEUTRAL_SECTIONS)]
+    return [c for c in changes if not c[0].startswith(NEUTRAL_SECTIONS)
+            and not (c[0] in PATH_KEYS and _same_place(c[1], c[2]))]
 
 
 def recipe_differences(a: Recipe, b: Recipe) -> list[str]:
@@ -125,9 +136,9 @@ def read_run_recipe(run_dir: str | Path) -> Recipe:
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def finished_summary(run_dir: str | Path, recipe: Recipe) -> dict[str, Any] | None:
-    """The ``summary.json`` of a run in ``run_dir`` that finished with ``recipe``'s settings
-    (what a study or a benchmark may reuse instead of training again), else ``None``."""
+def _finished(run_dir: str | Path, recipe: Recipe) -> tuple[dict[str, Any], list[tuple[str, Any, Any]]] | None:
+    """``(summary, weight-relevant recipe changes)`` of the finished run in ``run_dir``, or
+    ``None`` when the folder holds no readable finished run."""
     summary = RunPaths(run_dir).summary
     if not summary.is_file():
         return None
@@ -136,9 +147,31 @@ def finished_summary(run_dir: str | Path, recipe: Recipe) -> dict[str, Any] | No
         stored = read_run_recipe(run_dir)
     except (json.JSONDecodeError, InputError, ConfigError):
         return None
-    if data.get("status") != "finished" or _weight_changes(recipe_changes(stored.to_dict(), recipe.to_dict())):
+    if data.get("status") != "finished":
         return None
-    return data
+    return data, _weight_changes(recipe_changes(stored.to_dict(), recipe.to_dict()))
+
+
+def finished_summary(run_dir: str | Path, recipe: Recipe) -> dict[str, Any] | None:
+    """The ``summary.json`` of a run in ``run_dir`` that finished with ``recipe``'s settings
+    (what a study or a benchmark may reuse instead of training again), else ``None``."""
+    found = _finished(run_dir, recipe)
+    return found[0] if found is not None and not found[1] else None
+
+
+def check_not_finished_otherwise(run_dir: str | Path, recipe: Recipe, *, flag: str = "--retrain") -> None:
+    """Refuse to replace a run that finished with other settings than ``recipe``'s: a study or
+    benchmark rerun with an edited recipe must not delete finished work without being told to.
+
+    Raises:
+        ConfigError: ``run_dir`` holds such a run; the message names the changed keys and ``flag``.
+    """
+    found = _finished(run_dir, recipe)
+    if found is not None and found[1]:
+        raise ConfigError(
+            f"{run_dir}: this run finished with other settings ({describe_changes(found[1])}); "
+            f"{flag} trains it again with the new ones (replacing it), or --set output=... keeps it and trains elsewhere"
+        )
 
 
 def check_checkpoint_recipe(paths: RunPaths, recipe: Recipe) -> None:

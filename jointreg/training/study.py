@@ -181,11 +181,15 @@ def plan_runs(study: StudyConfig, base: Path, source: Path | None = None) -> lis
 
 
 def run_study(path: str | PathLike[str], *, overrides: list[str] | tuple[str, ...] = (), progress: bool = True,
-              only: list[str] | None = None) -> dict[str, Any]:
-    """Run (or reuse) every run of a study and write its table, JSON, plots and comparison."""
+              only: list[str] | None = None, retrain: bool = False) -> dict[str, Any]:
+    """Run (or reuse) every run of a study and write its table, JSON, plots and comparison.
+
+    A run that finished with other settings than the study now gives it (an edited recipe or
+    method) is refused, before anything trains, unless ``retrain``: then it is trained again in
+    its folder."""
     from jointreg.export.run_folder import RunPaths
     from jointreg.training.loop import train
-    from jointreg.training.run_folder import finished_summary, has_started
+    from jointreg.training.run_folder import check_not_finished_otherwise, finished_summary, has_started
     from jointreg.training.warm_start import find_warm_start
 
     study, base = load_study(path, overrides)
@@ -198,6 +202,10 @@ def run_study(path: str | PathLike[str], *, overrides: list[str] | tuple[str, ..
         unknown = [m for m in only if m not in study.methods]
         if unknown:
             raise ConfigError(f"--only: unknown method {unknown[0]!r} (methods: {', '.join(study.methods)})")
+    if not retrain:
+        for planned in runs:
+            if not only or planned.method in only:
+                check_not_finished_otherwise(planned.run_dir, planned.recipe)
     summaries: list[tuple[PlannedRun, dict[str, Any]]] = []
     for index, planned in enumerate(runs, start=1):
         method, seed, recipe, run_dir = planned.method, planned.seed, planned.recipe, planned.run_dir

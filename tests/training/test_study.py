@@ -76,6 +76,36 @@ def test_bad_study_files(tiny_recipe, tmp_path):
         load_study(path)
 
 
+def test_a_run_finished_with_other_settings_is_refused_before_training_unless_retrain(tiny_recipe, tmp_path, monkeypatch):
+    import json
+
+    import jointreg.training.loop as loop
+    from jointreg.training.study import plan_runs
+
+    path = _write_study(tmp_path, tiny_recipe(), {"A": {}, "B": {"registration.lr": 0.5}})
+    planned = {r.method: r for r in plan_runs(*load_study(path))}
+    old = dataclasses.replace(planned["B"].recipe, seed=planned["B"].recipe.seed + 1)  # B finished with another seed
+    planned["B"].run_dir.mkdir(parents=True)
+    (planned["B"].run_dir / "recipe.yaml").write_text(dump_recipe(old))
+    (planned["B"].run_dir / "summary.json").write_text(json.dumps({"status": "finished"}))
+    calls = []
+
+    def fake_train(recipe, **kwargs):
+        calls.append(recipe.name)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(loop, "train", fake_train)
+    with pytest.raises(ConfigError, match=r"b_seed0: this run finished with other settings \(seed: .*\); --retrain"):
+        run_study(path, progress=False)
+    assert calls == []  # refused before A trained
+    with pytest.raises(RuntimeError, match="stop here"):
+        run_study(path, progress=False, only=["A"])  # B is not asked for: A trains
+    assert len(calls) == 1
+    with pytest.raises(RuntimeError, match="stop here"):
+        run_study(path, progress=False, retrain=True)
+    assert len(calls) == 2
+
+
 def test_shipped_studies_resolve_every_method():
     from pathlib import Path
 
