@@ -5,11 +5,14 @@ Builds a recipe's networks and step inputs exactly as ``jointreg train`` does
 share the machine's conditions:
 
 * **steps/s** of the registration and the segmentation step (the real
-  :func:`~jointreg.training.steps.registration_step` / ``segmentation_step``), for two
-  implementations: ``before`` (Adam(W)'s per-tensor loop and an element-wise finiteness check
-  of the weights, the code up to this benchmark) and ``after`` (the fused Adam(W) kernel of
-  :func:`jointreg.training.networks.optimizer_options` and
-  :func:`jointreg.training.steps.weights_finite`);
+  :func:`~jointreg.training.steps.registration_step` / ``segmentation_step``), for the
+  variants of ``--variants``: ``before`` (Adam(W)'s per-tensor loop and an element-wise
+  finiteness check of the weights, the code before the fused optimiser), ``after`` (the fused
+  Adam(W) kernel of :func:`jointreg.training.networks.optimizer_options` and
+  :func:`jointreg.training.steps.weights_finite`: float32 training as shipped) and
+  ``bfloat16`` (``after`` with the recipe's ``precision: bfloat16``, autocast forward passes;
+  fast where the CPU has bfloat16 matrix units, :func:`jointreg.training.precision.native_bfloat16`);
+  each with its ratio to the first variant;
 * **the parts** of a step, each timed on its own with the ``after`` code: drawing the batch
   (pairs and tensors; annotated slices with augmentation), the registration-derived groups
   (one registration forward per group and the labelling rules), forward + loss, backward, the
@@ -20,7 +23,8 @@ share the machine's conditions:
 The segmentation parts are timed with a warm segmentor (as after the warm-up). Run::
 
     .venv/bin/python benchmarks/train_steps.py [--recipe recipes/chaos_t2_liver_1slice.yaml]
-        [--sizes 64,128] [--steps 10] [--rounds 3] [--threads 1] [--set KEY=VALUE] [--out FILE]
+        [--sizes 64,128] [--steps 10] [--rounds 3] [--threads 1] [--variants before,after,bfloat16]
+        [--set KEY=VALUE] [--out FILE]
 
 prints one JSON object (``--out`` also writes it, and a .md beside it). The default recipe is
 the CHAOS-T2 one (data/chaos_t2_liver_1slice, README "Data"); any recipe works whose data set
@@ -53,9 +57,10 @@ from jointreg.training.distributed import Distributed  # noqa: E402
 from jointreg.training.loop import step_inputs  # noqa: E402
 from jointreg.training.networks import build_networks  # noqa: E402
 from jointreg.training.plan import REGISTRATION, SEGMENTATION, build_plan, total_steps  # noqa: E402
+from jointreg.training.precision import MixedPrecision, native_bfloat16  # noqa: E402
 from jointreg.utils.device import set_threads  # noqa: E402
 
-IMPLEMENTATIONS = ("before", "after")
+VARIANTS = ("before", "after", "bfloat16")
 
 
 def elementwise_finite(net: torch.nn.Module) -> bool:
@@ -101,16 +106,18 @@ def bench_size(args: argparse.Namespace, size: int, work: Path) -> dict:
         raise SystemExit(f"{args.recipe}: the recipe trains no segmentor")
     objective, sampler, groups, batches = inputs.objective, inputs.sampler, inputs.groups, inputs.batches
     rng = np.random.default_rng(0)
-    optimizers = {name: {role.name: _optimizer(role, fused=name == "after") for role in (reg, seg) if role is not None}
-                  for name in IMPLEMENTATIONS}
-    checks = {"before": elementwise_finite, "after": step_module.weights_finite}
+    variants = args.variants
+    optimizers = {name: {role.name: _optimizer(role, fused=name != "before") for role in (reg, seg) if role is not None}
+                  for name in variants}
+    checks = {name: elementwise_finite if name == "before" else step_module.weights_finite for name in variants}
+    precisions = {name: MixedPrecision("bfloat16", device) if name == "bfloat16" else None for name in variants}
     steps_done = {"seg": 0}
 
     def registration(name: str):
         pairs = sampler.sample(recipe.registration.batch_size, rng)
         batch = registration_batch(data.train, pairs, ignore_index=data.ignore_index, device=device)
         step_module.registration_step(reg.net, optimizers[name][REGISTRATION], batch, objective,
-                                      segmentor=seg.net, step=0)
+                                      segmentor=seg.net, step=0, precision=precisions[name])
 
     def segmentation(name: str):
         drawn = batches.get(steps_done["seg"])
@@ -122,24 +129,28 @@ def bench_size(args: argparse.Namespace, size: int, work: Path) -> dict:
                                              segmentor=seg.net)
         step_module.segmentation_step(seg.net, optimizers[name][SEGMENTATION], recipe.segmentation,
                                       ignore_index=data.ignore_index, real=(drawn.images, drawn.labels),
-                                      warped=warped, propagated=propagated, step=0)
+                                      warped=warped, propagated=propagated, step=0, precision=precisions[name])
 
-    # Interleaved steps/s of the two implementations.
+    # Interleaved steps/s of the variants.
     kinds = {"registration": registration} if reg is not None and reg.trains else {}
     kinds["segmentation"] = segmentation
     if groups is not None:
         groups.refresh(reg.net, 0)  # the first rebuild is timed below, not in the steps
-    seconds: dict[str, dict[str, list[float]]] = {k: {n: [] for n in IMPLEMENTATIONS} for k in kinds}
+    seconds: dict[str, dict[str, list[float]]] = {k: {n: [] for n in variants} for k in kinds}
+    after_check = step_module.weights_finite
     for _ in range(args.rounds):
-        for name in IMPLEMENTATIONS:
+        for name in variants:
             step_module.weights_finite = checks[name]  # the check the steps call
             for kind, fn in kinds.items():
                 seconds[kind][name].append(_timed(lambda: fn(name), args.steps))
-    step_module.weights_finite = checks["after"]
+    step_module.weights_finite = after_check
     result: dict = {"size": size, "steps_per_s": {}}
     for kind, by_name in seconds.items():
         rates = {name: round(1.0 / float(np.median(v)), 3) for name, v in by_name.items()}
-        rates["speedup"] = round(rates["after"] / rates["before"], 3)
+        # Ratios to the first variant, as medians of the per-round ratios (the rounds share conditions).
+        for name in variants[1:]:
+            rates[f"{name}_vs_{variants[0]}"] = round(float(np.median(
+                [a / b for a, b in zip(by_name[variants[0]], by_name[name])])), 3)
         result["steps_per_s"][kind] = rates
 
     # The parts of each step (after), each on its own.
@@ -148,7 +159,7 @@ def bench_size(args: argparse.Namespace, size: int, work: Path) -> dict:
         pairs = sampler.sample(recipe.registration.batch_size, rng)
         batch = registration_batch(data.train, pairs, ignore_index=data.ignore_index, device=device)
         parts["registration"] = _forward_backward(
-            reg.net, optimizers["after"][REGISTRATION], lambda: objective(reg.net(batch.moving, batch.fixed), batch)[0],
+            reg.net, optimizers[variants[-1]][REGISTRATION], lambda: objective(reg.net(batch.moving, batch.fixed), batch)[0],
             args.steps,
             draw=lambda: registration_batch(data.train, sampler.sample(recipe.registration.batch_size, rng),
                                                         ignore_index=data.ignore_index, device=device),
@@ -172,7 +183,7 @@ def bench_size(args: argparse.Namespace, size: int, work: Path) -> dict:
 
     cfg = recipe.segmentation
     parts["segmentation"] = _forward_backward(
-        seg.net, optimizers["after"][SEGMENTATION],
+        seg.net, optimizers[variants[-1]][SEGMENTATION],
         lambda: ce_dice_loss(seg.net(images), targets, ignore_index=data.ignore_index, ce_weight=cfg.ce_weight,
                              dice_weight=cfg.dice_weight),
         args.steps, draw=lambda: batches.get(1),
@@ -221,11 +232,15 @@ def markdown(report: dict) -> str:
     lines = ["# Training steps", "", f"Command: `{c['command']}`", "",
              f"{c['cpu_count']} CPUs, {c['threads']} torch threads, torch {c['torch']}; load average "
              f"{c['load_average_start']} at the start ({c['time']}).", "",
-             "| size | step | before (steps/s) | after (steps/s) | speedup |", "|---|---|---|---|---|"]
+             "| size | step | " + " | ".join(f"{v} (steps/s)" for v in report["variants"]) + " | "
+             + " | ".join(f"{v} ÷ {report['variants'][0]}" for v in report["variants"][1:]) + " |",
+             "|---|---|" + "---|" * (2 * len(report["variants"]) - 1)]
+    first = report["variants"][0]
     for r in report["sizes"]:
         for kind, rates in r["steps_per_s"].items():
-            lines.append(f"| {r['size']}² | {kind} | {rates['before']} | {rates['after']} | {rates['speedup']}× |")
-    lines += ["", "Where a step's time goes (after; seconds):", ""]
+            lines.append(f"| {r['size']}² | {kind} | " + " | ".join(str(rates[v]) for v in report["variants"]) + " | "
+                         + " | ".join(f"{rates[f'{v}_vs_{first}']}×" for v in report["variants"][1:]) + " |")
+    lines += ["", "Where a step's time goes (float32 autograd passes, the last variant's optimiser; seconds):", ""]
     for r in report["sizes"]:
         for kind, parts in r["parts_seconds"].items():
             lines.append(f"* {r['size']}², {kind}: " + ", ".join(f"{k} {v}" for k, v in parts.items()))
@@ -240,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="steps per timing")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (the median is reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the recipe's)")
+    parser.add_argument("--variants", type=lambda s: tuple(s.split(",")), default=("after", "bfloat16"),
+                        help=f"comma-separated, the first is the reference: {', '.join(VARIANTS)} (default after,bfloat16)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override (repeatable)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here (and a .md beside it)")
     args = parser.parse_args(argv)
@@ -247,12 +264,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps and --rounds must be >= 1")
     if not args.recipe.is_file():
         parser.error(f"{args.recipe}: recipe not found")
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown or len(set(args.variants)) < 2 or len(set(args.variants)) != len(args.variants):
+        parser.error(f"--variants: two or more of {', '.join(VARIANTS)}, each once (got {','.join(args.variants)})")
     load = os.getloadavg()
     report = {"conditions": {
         "command": " ".join([".venv/bin/python", "benchmarks/train_steps.py", *sys.argv[1:]]),
         "cpu_count": os.cpu_count(), "torch": torch.__version__, "load_average_start": [round(v, 2) for v in load],
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }}
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "native_bfloat16": native_bfloat16(),
+    }, "variants": list(args.variants)}
     with tempfile.TemporaryDirectory(prefix="jointreg-steps-") as work:
         report["sizes"] = []
         for size in args.sizes:

@@ -190,9 +190,17 @@ def warp(
                 [ 8.,  9., 10., 11.]])
     """
     _check(image, flow, mode, padding_mode)
+    flow = flow.to(coordinate_dtype(flow))
     if grid is None:
         grid = identity_grid(flow.shape[2:], device=flow.device, dtype=flow.dtype)
     return _sample(image, grid + flow, mode, padding_mode)
+
+
+def coordinate_dtype(flow: Tensor) -> torch.dtype:
+    """The dtype of the sampling coordinates for ``flow``: float32 for a half-precision field
+    (from a network under bfloat16/float16 autocast), whose 8 or 11 significant bits would round
+    the absolute coordinate 100.3 to 100 or 100.25; the field's own dtype otherwise."""
+    return torch.float32 if flow.dtype in (torch.float16, torch.bfloat16) else flow.dtype
 
 
 class Warp(nn.Module):
@@ -218,18 +226,18 @@ class Warp(nn.Module):
         if torch.jit.is_tracing():
             # Build the grid inside the traced graph (not from a cache that the first call
             # fills), so that every traced invocation records the same operations.
-            return identity_grid(flow.shape[2:], device=flow.device, dtype=flow.dtype)
+            return identity_grid(flow.shape[2:], device=flow.device, dtype=coordinate_dtype(flow))
         grid = self.grid
         stale = (
             grid.dim() != flow.dim()
             or tuple(grid.shape[2:]) != tuple(flow.shape[2:])
             or grid.device != flow.device
-            or grid.dtype != flow.dtype
+            or grid.dtype != coordinate_dtype(flow)
             # A grid made under inference_mode cannot take part in autograd later.
             or (grid.is_inference() and not torch.is_inference_mode_enabled())
         )
         if stale:
-            grid = identity_grid(flow.shape[2:], device=flow.device, dtype=flow.dtype)
+            grid = identity_grid(flow.shape[2:], device=flow.device, dtype=coordinate_dtype(flow))
             self.grid = grid
         return grid
 

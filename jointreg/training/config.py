@@ -351,7 +351,7 @@ class Recipe:
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
-    precision: Literal["float32", "bfloat16", "float16"] = "float32"
+    precision: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     output: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
     pairs: PairConfig = field(default_factory=PairConfig)

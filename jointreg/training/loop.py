@@ -38,7 +38,7 @@ from jointreg.training.logger import RunLogger, log_registration_panel
 from jointreg.training.networks import Networks, TrainingState, build_networks, restore_payload
 from jointreg.training.objectives import RegistrationObjective
 from jointreg.training.plan import REGISTRATION, Phase, build_plan, locate, round_ends, total_steps, warmup_ends
-from jointreg.training.precision import MixedPrecision
+from jointreg.training.precision import MixedPrecision, resolve_precision
 from jointreg.training.prefetch import RealBatches
 from jointreg.training.propagation import SegmentationGroups
 from jointreg.training.rounds import end_of_round, save_last
@@ -142,11 +142,12 @@ def _train_in(recipe: Recipe, paths: RunPaths, ctx: Distributed, device: torch.d
     set_threads(recipe.threads)
     data = load_training_data(recipe, progress=show_progress)
     nets = build_networks(recipe, data, device)
+    precision = resolve_precision(recipe.precision, device)
     for role in nets.roles:
         if role.trains:
             role.trainer = ctx.wrap(role.net, device, unused_parameters=role.name == REGISTRATION) if ctx.active else None
-            if recipe.precision != "float32":
-                role.precision = MixedPrecision(recipe.precision, device)
+            if precision != "float32":
+                role.precision = MixedPrecision(precision, device)
     plan = build_plan(recipe)
     total = total_steps(plan)
     state = TrainingState()
@@ -159,6 +160,8 @@ def _train_in(recipe: Recipe, paths: RunPaths, ctx: Distributed, device: torch.d
     run = Run(recipe, paths, data, nets, plan, logger, device, show_progress, ctx, fingerprint)
     if from_checkpoint:  # after the logger exists, so that train.log says where the run resumed
         log.info("resumed %s at step %d of %d", paths.root, state.step, total)
+    if recipe.precision == "auto":
+        log.info("precision: auto → %s on %s", precision, device)
     try:
         state = run_plan(run, state, stop_after, saved=from_checkpoint)
         if state.step < total and not state.stopped_early:

@@ -1,23 +1,58 @@
 """Automatic mixed precision for the training steps (the recipe's ``precision``).
 
-``float32`` (default): no autocast. ``bfloat16``: forward passes and losses under
+``float32`` (default): no autocast. ``auto``: bfloat16 where the device computes it in
+hardware (a CPU with bfloat16 matrix units, a CUDA GPU that supports it), float32 elsewhere
+(:func:`resolve_precision`; the run's ``train.log`` names the choice). ``bfloat16``: forward passes and losses under
 :func:`torch.autocast` in bfloat16 (same exponent range as float32: no loss scaling needed).
 ``float16``: autocast in float16 with a :class:`torch.amp.GradScaler`, which scales the loss
 so that small gradients do not underflow, skips the steps whose gradients overflow and adapts
 the scale (its state is part of the resume checkpoint). Weights, optimiser moments, validation,
-export and inference stay float32. Worth it on CUDA GPUs with tensor cores; on most CPUs
-float32 is as fast or faster (benchmarks/distributed_train.py measures both where it runs).
+export and inference stay float32. Worth it on CUDA GPUs with tensor cores, and on CPUs with
+bfloat16 matrix units (Intel AMX, AVX512-BF16: :func:`native_bfloat16`), where oneDNN runs the
+convolutions in bfloat16 (``benchmarks/train_steps.py --variants after,bfloat16`` measures it;
+results/registration_speed.md). On other CPUs bfloat16 is emulated and slower than float32: a
+warning says so.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import warnings
 from typing import Any
 
 import torch
 
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bfloat16 matrix products in hardware (Intel AMX or AVX512-BF16,
+    read from the kernel's CPU flags; ``False`` where they cannot be read) and oneDNN can use them."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return any(flag in flags for flag in _CPU_BF16_FLAGS) and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The recipe's ``precision`` with ``auto`` decided for ``device``: ``bfloat16`` on a CPU
+    with bfloat16 matrix units (:func:`native_bfloat16`) or a CUDA GPU that supports bfloat16,
+    ``float32`` elsewhere; other values as they are."""
+    if precision != "auto":
+        return precision
+    if device.type == "cpu":
+        return "bfloat16" if native_bfloat16() else "float32"
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return "float32"
 
 
 class MixedPrecision:
@@ -33,6 +68,9 @@ class MixedPrecision:
         self.dtype = DTYPES[precision]
         self.device_type = device.type
         self.scaler = None
+        if self.dtype is torch.bfloat16 and device.type == "cpu" and not native_bfloat16():
+            log.warning("precision: bfloat16 on a CPU without bfloat16 matrix units (AMX, AVX512-BF16): it is "
+                        "emulated and slower than float32 here; precision: float32 is the faster choice")
         if self.dtype is torch.float16:
             self.scaler = torch.amp.GradScaler(device.type)
             # The scaler skips the optimiser step when gradients overflow (by design, mostly in

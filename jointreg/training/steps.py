@@ -95,7 +95,10 @@ def registration_step(
         segmentor.train(was_training)
     with autocast(precision):
         out = net(batch.moving, batch.fixed)
-        loss, terms = loss_fn(out, batch, anatomy=anatomy)
+    # The objective outside autocast: SSIM's and NCC's local variances (E[x²] − E[x]²) would
+    # cancel catastrophically in bfloat16; the warped images are float32 already (coordinates in
+    # float32, jointreg.spatial.warp.coordinate_dtype).
+    loss, terms = loss_fn(out, batch, anatomy=anatomy)
     _check_finite(loss, "registration", step, distributed)
     optimizer.zero_grad(set_to_none=True)
     backward_step(precision, loss, optimizer)

@@ -198,3 +198,21 @@ def test_nan_displacement_gives_nan_not_a_crash():
     finite = torch.ones(6, 7, dtype=torch.bool)
     finite[2, 3] = finite[4, 4] = False
     assert torch.equal(out[0, 0][finite], image[0, 0][finite])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_field_is_sampled_at_float32_coordinates(dtype):
+    # A ramp image: warped(p) = p + shift, the shift as the half dtype holds it. Coordinates in
+    # the half dtype would round p + shift: bfloat16 holds only multiples of 0.5 between 64 and
+    # 128, float16 multiples of 1/16.
+    ramp = torch.arange(128.0).reshape(1, 1, 128, 1).expand(1, 1, 128, 3).contiguous()
+    flow = torch.zeros(1, 2, 128, 3, dtype=dtype)
+    flow[:, 0] = 0.3
+    shift = float(flow[0, 0, 0, 0])  # 0.30078125 in bfloat16, 0.2999… in float16
+    expected = torch.clamp(torch.arange(128.0) + shift, max=127.0)
+    for out in (warp(ramp, flow), Warp()(ramp, flow)):
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out[0, 0, :, 1], expected, atol=1e-4, rtol=0)
+    module = Warp()
+    module(ramp, flow)
+    assert module.grid.dtype == torch.float32

@@ -3,6 +3,8 @@ its place in the resume checkpoint."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -68,4 +70,98 @@ def test_float16_run_resumes_exactly_with_its_loss_scale(tiny_recipe):
     scale = load_checkpoint(f"{stopped['run']}/checkpoints/last")["segmentor"]["scaler"]["scale"]
     assert scale < 65536.0  # the default initial scale: some float16 steps overflowed and halved it
     resumed = train(tiny_recipe("precision=float16", name="resumed"), run_dir=stopped["run"], resume=True)
+    assert_same_exported_weights(straight["run"], resumed["run"])
+
+
+def test_native_bfloat16_reads_the_cpu_flags(tmp_path):
+    from jointreg.training.precision import native_bfloat16
+
+    with_amx, without = tmp_path / "amx", tmp_path / "plain"
+    with_amx.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f amx_bf16 amx_tile\n")
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    assert native_bfloat16(str(with_amx)) is bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert native_bfloat16(str(without)) is False
+    assert native_bfloat16(str(tmp_path / "missing")) is False
+
+
+def test_bfloat16_on_a_cpu_without_bfloat16_units_warns(monkeypatch, caplog):
+    import jointreg.training.precision as precision
+
+    monkeypatch.setattr(precision, "native_bfloat16", lambda: False)
+    with caplog.at_level("WARNING", logger="jointreg.training.precision"):
+        MixedPrecision("bfloat16", torch.device("cpu"))
+    assert "emulated and slower than float32" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(precision, "native_bfloat16", lambda: True)
+    with caplog.at_level("WARNING", logger="jointreg.training.precision"):
+        MixedPrecision("bfloat16", torch.device("cpu"))
+        MixedPrecision("float32", torch.device("cpu"))
+    assert caplog.text == ""
+
+
+def test_a_bfloat16_registration_step_computes_its_objective_in_float32():
+    from jointreg.data.batches import RegistrationBatch
+    from jointreg.nets.registration.registry import create_registration_net
+    from jointreg.training.config import RegistrationConfig
+    from jointreg.training.objectives import RegistrationObjective
+    from jointreg.training.steps import registration_step
+
+    torch.manual_seed(0)
+    net = create_registration_net("fmirnet", spatial_dims=2)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    objective = RegistrationObjective(RegistrationConfig(similarity="ncc", ssim_weight=1.0), num_classes=2, ignore_index=2)
+    fixed = torch.rand(2, 1, 32, 32)
+    labels = torch.zeros(2, 1, 32, 32, dtype=torch.int64)
+    batch = RegistrationBatch(moving=torch.roll(fixed, 2, dims=2), fixed=fixed, moving_label=labels, fixed_label=labels,
+                              distance=torch.ones(2), pairs=[])
+    seen = {}
+
+    def spy(out, b, **kwargs):
+        seen["field"] = out.flow.dtype
+        seen["warped"] = out.warped.dtype
+        seen["autocast"] = torch.is_autocast_enabled("cpu")
+        loss, terms = objective(out, b, **kwargs)
+        seen["loss"] = loss.dtype
+        return loss, terms
+
+    spy.config = objective.config
+    terms = registration_step(net, optimizer, batch, spy, precision=MixedPrecision("bfloat16", torch.device("cpu")))
+    assert seen == {"field": torch.bfloat16, "warped": torch.float32, "autocast": False, "loss": torch.float32}
+    assert all(math.isfinite(v) for v in terms.values())
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+
+
+def test_auto_precision_is_bfloat16_only_where_the_hardware_computes_it(monkeypatch):
+    import jointreg.training.precision as precision
+
+    cpu = torch.device("cpu")
+    for name in ("float32", "bfloat16", "float16"):
+        assert precision.resolve_precision(name, cpu) == name
+    monkeypatch.setattr(precision, "native_bfloat16", lambda: True)
+    assert precision.resolve_precision("auto", cpu) == "bfloat16"
+    monkeypatch.setattr(precision, "native_bfloat16", lambda: False)
+    assert precision.resolve_precision("auto", cpu) == "float32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert precision.resolve_precision("auto", torch.device("cuda")) == "float32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert precision.resolve_precision("auto", torch.device("cuda")) == "bfloat16"
+    assert precision.resolve_precision("auto", torch.device("mps")) == "float32"
+
+
+@pytest.mark.slow
+def test_auto_precision_run_names_its_choice_and_resumes_exactly(tiny_recipe):
+    """``auto`` resolves to this machine's choice (bfloat16 with AMX / AVX512-BF16), says so in
+    train.log, and a run stopped and resumed ends with an uninterrupted run's weights."""
+    from pathlib import Path
+
+    from jointreg.training.loop import train
+    from jointreg.training.precision import native_bfloat16
+
+    from .test_loop import assert_same_exported_weights
+
+    straight = train(tiny_recipe("precision=auto", name="straight"))
+    expected = "bfloat16" if native_bfloat16() else "float32"
+    assert f"precision: auto → {expected} on cpu" in (Path(straight["run"]) / "train.log").read_text()
+    stopped = train(tiny_recipe("precision=auto", name="resumed"), stop_after=8)
+    resumed = train(tiny_recipe("precision=auto", name="resumed"), run_dir=stopped["run"], resume=True)
     assert_same_exported_weights(straight["run"], resumed["run"])
