@@ -11,14 +11,17 @@ share the machine's conditions:
   Adam(W) kernel of :func:`jointreg.training.networks.optimizer_options` and
   :func:`jointreg.training.steps.weights_finite`: float32 training as shipped) and
   ``bfloat16`` (``after`` with the recipe's ``precision: bfloat16``, autocast forward passes;
-  fast where the CPU has bfloat16 matrix units, :func:`jointreg.training.precision.native_bfloat16`);
+  fast where the CPU has bfloat16 matrix units, :func:`jointreg.training.precision.native_bfloat16`)
+  and ``bfloat16-cl`` (the same with both networks' weights in channels-last memory format);
   each with its ratio to the first variant;
 * **the parts** of a step, each timed on its own with the ``after`` code: drawing the batch
   (pairs and tensors; annotated slices with augmentation), the registration-derived groups
   (one registration forward per group and the labelling rules), forward + loss, backward, the
   optimiser, the weight check; and one chain-propagation rebuild (every training volume's labels
   propagated through the neighbours, with the recipe's refinement), which the loop repeats after
-  every registration phase, shown per segmentation step as the plan amortises it.
+  every registration phase, shown per segmentation step as the plan amortises it;
+* **the refinement** inside that rebuild, through ``F.grid_sample`` (as shipped) and through
+  the gather-based spatial transformer (as before), interleaved.
 
 The segmentation parts are timed with a warm segmentor (as after the warm-up). Run::
 
@@ -60,7 +63,7 @@ from jointreg.training.plan import REGISTRATION, SEGMENTATION, build_plan, total
 from jointreg.training.precision import MixedPrecision, native_bfloat16  # noqa: E402
 from jointreg.utils.device import set_threads  # noqa: E402
 
-VARIANTS = ("before", "after", "bfloat16")
+VARIANTS = ("before", "after", "bfloat16", "bfloat16-cl")
 
 
 def elementwise_finite(net: torch.nn.Module) -> bool:
@@ -110,7 +113,7 @@ def bench_size(args: argparse.Namespace, size: int, work: Path) -> dict:
     optimizers = {name: {role.name: _optimizer(role, fused=name != "before") for role in (reg, seg) if role is not None}
                   for name in variants}
     checks = {name: elementwise_finite if name == "before" else step_module.weights_finite for name in variants}
-    precisions = {name: MixedPrecision("bfloat16", device) if name == "bfloat16" else None for name in variants}
+    precisions = {name: MixedPrecision("bfloat16", device) if name.startswith("bfloat16") else None for name in variants}
     steps_done = {"seg": 0}
 
     def registration(name: str):
@@ -141,9 +144,16 @@ def bench_size(args: argparse.Namespace, size: int, work: Path) -> dict:
     for _ in range(args.rounds):
         for name in variants:
             step_module.weights_finite = checks[name]  # the check the steps call
+            layout = torch.channels_last if name.endswith("-cl") else torch.contiguous_format
+            for role in (reg, seg):
+                if role is not None:
+                    role.net.to(memory_format=layout)
             for kind, fn in kinds.items():
                 seconds[kind][name].append(_timed(lambda: fn(name), args.steps))
     step_module.weights_finite = after_check
+    for role in (reg, seg):
+        if role is not None:
+            role.net.to(memory_format=torch.contiguous_format)
     result: dict = {"size": size, "steps_per_s": {}}
     for kind, by_name in seconds.items():
         rates = {name: round(1.0 / float(np.median(v)), 3) for name, v in by_name.items()}
@@ -197,12 +207,41 @@ def bench_size(args: argparse.Namespace, size: int, work: Path) -> dict:
             parts["segmentation"]["chain_rebuild"] = round(rebuild, 3)
             parts["segmentation"]["chain_rebuild_per_step"] = round(rebuild * rebuilds / max(1, seg_steps), 4)
             result["chain_rebuilds"] = rebuilds
+    if recipe.propagation.refine > 0:
+        result["refinement"] = refinement_speed(recipe.propagation.refine, size, args.rounds)
     batches.close()
     result["parts_seconds"] = parts
     result["plan"] = {kind: total_steps(plan, network) for kind, network in
                       (("registration", REGISTRATION), ("segmentation", SEGMENTATION))}
     result["segmentation_batch"] = int(images.shape[0])
     return result
+
+
+def refinement_speed(steps: int, size: int, rounds: int, pairs: int = 16) -> dict:
+    """Seconds to refine ``pairs`` fields for ``steps`` Adam steps (the chain rebuild's inner
+    loop), interleaved: through ``F.grid_sample`` as :func:`jointreg.inference.refine.refine_flow`
+    does, and through :func:`jointreg.spatial.warp.warp` (the gather-based warp, as before)."""
+    from jointreg.inference.refine import Refinement, refine_flow
+    from jointreg.spatial.warp import identity_grid, warp
+
+    settings = Refinement(steps=steps)
+    g = torch.Generator().manual_seed(0)
+    moving = torch.nn.functional.avg_pool2d(torch.rand(pairs, 1, size, size, generator=g), 5, 1, 2)
+    fixed = torch.roll(moving, 2, dims=2)
+    start = torch.randn(pairs, 2, size, size, generator=g)
+    grid = identity_grid((size, size))
+
+    def gather_warp():
+        refine_flow(moving, fixed, start, settings, sampler=lambda m, u: warp(m, u, grid=grid))
+
+    times: dict[str, list[float]] = {"grid_sample": [], "gather_warp": []}
+    for _ in range(rounds):
+        times["grid_sample"].append(_timed(lambda: refine_flow(moving, fixed, start, settings), 1))
+        times["gather_warp"].append(_timed(gather_warp, 1))
+    out = {name: round(float(np.median(v)), 3) for name, v in times.items()}
+    out["speedup"] = round(float(np.median([b / a for a, b in zip(times["grid_sample"], times["gather_warp"])])), 3)
+    out.update(pairs=pairs, steps=steps)
+    return out
 
 
 def _forward_backward(net, optimizer, loss_fn, repeats: int, *, draw) -> dict[str, float]:
@@ -244,6 +283,11 @@ def markdown(report: dict) -> str:
     for r in report["sizes"]:
         for kind, parts in r["parts_seconds"].items():
             lines.append(f"* {r['size']}², {kind}: " + ", ".join(f"{k} {v}" for k, v in parts.items()))
+    for r in report["sizes"]:
+        if "refinement" in r:
+            f = r["refinement"]
+            lines.append(f"* {r['size']}², refinement of {f['pairs']} pairs × {f['steps']} steps: grid_sample "
+                         f"{f['grid_sample']} s, gather warp {f['gather_warp']} s ({f['speedup']}×)")
     return "\n".join(lines) + "\n"
 
 

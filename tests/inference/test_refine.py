@@ -81,3 +81,38 @@ def test_refined_chain_from_the_identity_follows_a_moving_structure():
     refined = last_dice(Refinement(steps=100, lr=0.1, smoothness=0.001))
     assert copied < 0.2  # 9 pixels off a 5-pixel-radius disc: almost no overlap
     assert refined > 0.85
+
+
+@pytest.mark.parametrize("size", [(16, 32), (12, 20), (8, 16, 12), (8, 16, 4)])
+def test_the_optimisation_warp_equals_the_spatial_transformer(size):
+    # Same interpolation and border rule as jointreg.spatial.warp.warp, 2D and 3D, power-of-two
+    # sizes or not; an integer displacement lands exactly on the pixels it names when every size
+    # is a power of two (the normalisation is then exact), to float rounding otherwise.
+    from jointreg.inference.refine import _GridSampleWarp
+
+    g = torch.Generator().manual_seed(0)
+    moving = torch.rand(2, 1, *size, generator=g)
+    flow = torch.randn(2, len(size), *size, generator=g) * 3
+    torch.testing.assert_close(_GridSampleWarp(flow)(moving, flow), warp(moving, flow), atol=1e-5, rtol=0)
+    shift = torch.zeros(2, len(size), *size)
+    shift[:, 0] = 1.0
+    exact = all(n & (n - 1) == 0 for n in size)
+    torch.testing.assert_close(_GridSampleWarp(shift)(moving, shift), warp(moving, shift), atol=0 if exact else 1e-5, rtol=0)
+
+
+def test_refinement_gradients_equal_the_spatial_transformer_inside_the_image():
+    # Off the image edge (where only the subgradient convention differs), the similarity
+    # gradient through grid_sample equals the one through warp().
+    from jointreg.inference.refine import _GridSampleWarp
+
+    g = torch.Generator().manual_seed(1)
+    moving, fixed = torch.rand(1, 1, 32, 32, generator=g), torch.rand(1, 1, 32, 32, generator=g)
+    flow = (torch.rand(1, 2, 32, 32, generator=g) - 0.5) * 4  # non-integer positions
+    grads = []
+    for fn in (lambda m, u: warp(m, u), _GridSampleWarp(flow)):
+        u = flow.clone().requires_grad_(True)
+        (fn(moving, u) - fixed).pow(2).sum().backward()
+        grads.append(u.grad)
+    inside = (torch.arange(32)[:, None] + flow[0, 0]).gt(0.5) & (torch.arange(32)[:, None] + flow[0, 0]).lt(30.5) \
+        & (torch.arange(32)[None, :] + flow[0, 1]).gt(0.5) & (torch.arange(32)[None, :] + flow[0, 1]).lt(30.5)
+    torch.testing.assert_close(grads[0][0][:, inside], grads[1][0][:, inside], atol=1e-5, rtol=1e-4)
