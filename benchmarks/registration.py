@@ -769,7 +769,8 @@ def main(argv: list[str] | None = None) -> int:
                              "with the same settings reuses the finished runs")
     parser.add_argument("--retrain", action="store_true",
                         help="accuracy: train again (replacing them) the runs in --work that finished with other "
-                             "settings; without it such a run stops the benchmark before it is touched")
+                             "settings; without it the benchmark stops at the first such run, untouched (the runs "
+                             "it finished before stay)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here (and, with the accuracy part, a .md beside it)")
     parser.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
                         help="run nothing: merge the accuracy parts of these reports (e.g. one per data set, run "

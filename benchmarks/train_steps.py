@@ -14,7 +14,7 @@ share the machine's conditions:
   fast where the CPU has bfloat16 matrix units, :func:`jointreg.training.precision.native_bfloat16`)
   and ``bfloat16-cl`` (the same with both networks' weights in channels-last memory format);
   each with its ratio to the first variant;
-* **the parts** of a step, each timed on its own with the ``after`` code: drawing the batch
+* **the parts** of a step, each timed on its own in float32 with the last variant's optimiser: drawing the batch
   (pairs and tensors; annotated slices with augmentation), the registration-derived groups
   (one registration forward per group and the labelling rules), forward + loss, backward, the
   optimiser, the weight check; and one chain-propagation rebuild (every training volume's labels

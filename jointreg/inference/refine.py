@@ -113,20 +113,20 @@ class _GridSampleWarp:
     def __init__(self, flow: "torch.Tensor"):
         import torch
 
-        from jointreg.spatial.warp import identity_grid
+        from jointreg.spatial.warp import coordinate_dtype, identity_grid
 
-        dims = flow.shape[1]
-        size = torch.tensor([int(n) for n in flow.shape[2:]], device=flow.device, dtype=flow.dtype)
+        dims, dtype = flow.shape[1], coordinate_dtype(flow)
+        size = torch.tensor([int(n) for n in flow.shape[2:]], device=flow.device, dtype=dtype)
         self.scale = (2.0 / size).view(1, dims, *([1] * dims))
         self.offset = (1.0 / size).view(1, dims, *([1] * dims)) - 1.0
-        self.grid = identity_grid(flow.shape[2:], device=flow.device, dtype=flow.dtype)
+        self.grid = identity_grid(flow.shape[2:], device=flow.device, dtype=dtype)
 
     def __call__(self, moving: "torch.Tensor", u: "torch.Tensor") -> "torch.Tensor":
         import torch.nn.functional as F
 
         coords = (self.grid + u) * self.scale + self.offset
         # Channel d is tensor axis 2 + d; grid_sample reads its last dimension in reverse order.
-        grid = coords.movedim(1, -1).flip(-1)
+        grid = coords.movedim(1, -1).flip(-1).to(moving.dtype)
         if moving.shape[0] != u.shape[0]:
             moving = moving.expand(u.shape[0], *moving.shape[1:])
         return F.grid_sample(moving, grid, mode="bilinear", padding_mode="border", align_corners=False)

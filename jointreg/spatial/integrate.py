@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jointreg.spatial.warp import Warp, identity_grid, warp
+from jointreg.spatial.warp import Warp, coordinate_dtype, identity_grid, warp
 
 
 def linear_mode(spatial_dims: int) -> str:
@@ -61,7 +61,7 @@ def integrate_velocity(velocity: Tensor, steps: int = 7, *, grid: Tensor | None 
     if steps < 0:
         raise ValueError(f"steps must be >= 0; got {steps}")
     if grid is None:
-        grid = identity_grid(velocity.shape[2:], device=velocity.device, dtype=velocity.dtype)
+        grid = identity_grid(velocity.shape[2:], device=velocity.device, dtype=coordinate_dtype(velocity))
     flow = velocity / (2**steps)
     for _ in range(steps):
         flow = compose(flow, flow, grid=grid)

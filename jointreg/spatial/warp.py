@@ -190,7 +190,8 @@ def warp(
                 [ 8.,  9., 10., 11.]])
     """
     _check(image, flow, mode, padding_mode)
-    flow = flow.to(coordinate_dtype(flow))
+    if flow.dtype != coordinate_dtype(flow):
+        flow = flow.float()
     if grid is None:
         grid = identity_grid(flow.shape[2:], device=flow.device, dtype=flow.dtype)
     return _sample(image, grid + flow, mode, padding_mode)
@@ -325,6 +326,8 @@ def flow_to_grid_sample_grid(flow: Tensor, grid: Tensor | None = None) -> Tensor
     Returns:
         ``(B, *S, D)`` normalised coordinates in ``[-1, 1]`` (inside the image).
     """
+    if flow.dtype != coordinate_dtype(flow):
+        flow = flow.float()
     if grid is None:
         grid = identity_grid(flow.shape[2:], device=flow.device, dtype=flow.dtype)
     dims = flow.shape[1]

@@ -143,6 +143,14 @@ def _train_in(recipe: Recipe, paths: RunPaths, ctx: Distributed, device: torch.d
     data = load_training_data(recipe, progress=show_progress)
     nets = build_networks(recipe, data, device)
     precision = resolve_precision(recipe.precision, device)
+    payload = load_checkpoint(paths.last) if from_checkpoint else None
+    started = None if payload is None else payload["state"].get("precision")
+    if started is not None and started != precision:
+        # precision: auto decided otherwise on this machine; the run goes on as it began, so
+        # that it ends with the weights of an uninterrupted run.
+        log.warning("%s: resuming in %s, the precision the run started in (precision: %s gives %s here)",
+                    paths.root, started, recipe.precision, precision)
+        precision = started
     for role in nets.roles:
         if role.trains:
             role.trainer = ctx.wrap(role.net, device, unused_parameters=role.name == REGISTRATION) if ctx.active else None
@@ -152,8 +160,9 @@ def _train_in(recipe: Recipe, paths: RunPaths, ctx: Distributed, device: torch.d
     total = total_steps(plan)
     state = TrainingState()
     fingerprint = rng_fingerprint()
-    if from_checkpoint:
-        state = restore_payload(nets, load_checkpoint(paths.last))
+    if payload is not None:
+        state = restore_payload(nets, payload)
+    state.precision = precision
     logger = RunLogger(recipe, paths, state.step, enabled=ctx.is_main)
     if warm_start is not None and not from_checkpoint:
         apply_warm_start(Path(warm_start), nets, state)

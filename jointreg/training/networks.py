@@ -145,6 +145,7 @@ class TrainingState:
     elapsed: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
+    precision: str | None = None  # the resolved recipe precision the run trains in (None: older checkpoints)
 
 
 def checkpoint_payload(nets: Networks, state: TrainingState) -> dict[str, Any]:

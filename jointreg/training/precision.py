@@ -42,6 +42,12 @@ def native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return any(flag in flags for flag in _CPU_BF16_FLAGS) and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+@functools.cache
+def _warn_emulated() -> None:  # once per process, not once per network
+    log.warning("precision: bfloat16 on a CPU without bfloat16 matrix units (AMX, AVX512-BF16): it is "
+                "emulated and slower than float32 here; precision: float32 is the faster choice")
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """The recipe's ``precision`` with ``auto`` decided for ``device``: ``bfloat16`` on a CPU
     with bfloat16 matrix units (:func:`native_bfloat16`) or a CUDA GPU that supports bfloat16,
@@ -51,7 +57,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if device.type == "cpu":
         return "bfloat16" if native_bfloat16() else "float32"
     if device.type == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+        with torch.cuda.device(device):  # that GPU, in hardware (not emulated, as on V100 or T4)
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        return "bfloat16" if native else "float32"
     return "float32"
 
 
@@ -69,8 +77,7 @@ class MixedPrecision:
         self.device_type = device.type
         self.scaler = None
         if self.dtype is torch.bfloat16 and device.type == "cpu" and not native_bfloat16():
-            log.warning("precision: bfloat16 on a CPU without bfloat16 matrix units (AMX, AVX512-BF16): it is "
-                        "emulated and slower than float32 here; precision: float32 is the faster choice")
+            _warn_emulated()
         if self.dtype is torch.float16:
             self.scaler = torch.amp.GradScaler(device.type)
             # The scaler skips the optimiser step when gradients overflow (by design, mostly in

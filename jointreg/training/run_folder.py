@@ -144,11 +144,14 @@ def _finished(run_dir: str | Path, recipe: Recipe) -> tuple[dict[str, Any], list
         return None
     try:
         data = json.loads(summary.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, OSError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict) or data.get("status") != "finished":
+        return None
+    try:
         stored = read_run_recipe(run_dir)
-    except (json.JSONDecodeError, InputError, ConfigError):
-        return None
-    if data.get("status") != "finished":
-        return None
+    except (InputError, ConfigError) as error:  # finished, but its settings cannot be read back
+        return data, [("recipe.yaml", f"unreadable ({error})", "this recipe")]
     return data, _weight_changes(recipe_changes(stored.to_dict(), recipe.to_dict()))
 
 
@@ -272,8 +275,9 @@ def prepare_run_folder(recipe: Recipe, paths: RunPaths, *, resume: bool, overwri
         if changes:
             raise ConfigError(f"{paths.root}: cannot resume, the run was made by a different recipe "
                               f"(differs in: {describe_changes(changes)})")
-        if all_changes:  # logging only: the run goes on with the new settings, and records them
-            log.info("%s: resuming with other logging settings (%s)", paths.root, describe_changes(all_changes))
+        if all_changes:  # logging, or a path spelt another way: the run goes on and records them
+            log.info("%s: resuming with settings that leave the weights alone (%s)", paths.root,
+                     describe_changes(all_changes))
             write_text(paths.recipe, dump_recipe(recipe))
         remove_run_temporaries(paths)
         if paths.last.is_dir():

@@ -64,6 +64,23 @@ def _check_weights(net: torch.nn.Module, what: str, step: int) -> None:
         raise TrainingDiverged(f"{what} weights became NaN or infinite at step {step}; stopping. {_ADVICE}")
 
 
+def float32_output(out):
+    """``out`` with every half-precision tensor (fields, extras, penalties) in float32."""
+    import dataclasses
+
+    def up(value):
+        if isinstance(value, torch.Tensor):
+            return value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
+        if isinstance(value, (tuple, list)):
+            return type(value)(up(v) for v in value)
+        if isinstance(value, dict):
+            return {k: up(v) for k, v in value.items()}
+        return value
+
+    return dataclasses.replace(out, warped=up(out.warped), flow=up(out.flow), extras=up(out.extras),
+                               penalties=up(out.penalties))
+
+
 def registration_step(
     net: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -95,10 +112,10 @@ def registration_step(
         segmentor.train(was_training)
     with autocast(precision):
         out = net(batch.moving, batch.fixed)
-    # The objective outside autocast: SSIM's and NCC's local variances (E[x²] − E[x]²) would
-    # cancel catastrophically in bfloat16; the warped images are float32 already (coordinates in
-    # float32, jointreg.spatial.warp.coordinate_dtype).
-    loss, terms = loss_fn(out, batch, anatomy=anatomy)
+    # The objective outside autocast and in float32: SSIM's and NCC's local variances
+    # (E[x²] − E[x]²) would cancel in bfloat16, and a float16 field's squared differences
+    # overflow beyond 256 voxels.
+    loss, terms = loss_fn(float32_output(out) if precision is not None else out, batch, anatomy=anatomy)
     _check_finite(loss, "registration", step, distributed)
     optimizer.zero_grad(set_to_none=True)
     backward_step(precision, loss, optimizer)

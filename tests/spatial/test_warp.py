@@ -216,3 +216,10 @@ def test_a_half_precision_field_is_sampled_at_float32_coordinates(dtype):
     module = Warp()
     module(ramp, flow)
     assert module.grid.dtype == torch.float32
+
+
+def test_the_grid_sample_grid_of_a_half_precision_field_is_float32():
+    flow = torch.zeros(1, 2, 300, 3, dtype=torch.bfloat16)
+    grid = flow_to_grid_sample_grid(flow)
+    assert grid.dtype == torch.float32
+    torch.testing.assert_close(grid, flow_to_grid_sample_grid(flow.float()))

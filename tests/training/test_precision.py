@@ -125,8 +125,11 @@ def test_a_bfloat16_registration_step_computes_its_objective_in_float32():
         return loss, terms
 
     spy.config = objective.config
-    terms = registration_step(net, optimizer, batch, spy, precision=MixedPrecision("bfloat16", torch.device("cpu")))
-    assert seen == {"field": torch.bfloat16, "warped": torch.float32, "autocast": False, "loss": torch.float32}
+    amp = MixedPrecision("bfloat16", torch.device("cpu"))
+    with amp.autocast():
+        assert net(batch.moving, batch.fixed).flow.dtype == torch.bfloat16  # what the network gives
+    terms = registration_step(net, optimizer, batch, spy, precision=amp)
+    assert seen == {"field": torch.float32, "warped": torch.float32, "autocast": False, "loss": torch.float32}
     assert all(math.isfinite(v) for v in terms.values())
     assert all(p.dtype == torch.float32 for p in net.parameters())
 
@@ -141,27 +144,37 @@ def test_auto_precision_is_bfloat16_only_where_the_hardware_computes_it(monkeypa
     assert precision.resolve_precision("auto", cpu) == "bfloat16"
     monkeypatch.setattr(precision, "native_bfloat16", lambda: False)
     assert precision.resolve_precision("auto", cpu) == "float32"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    import contextlib
+
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
     assert precision.resolve_precision("auto", torch.device("cuda")) == "float32"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert precision.resolve_precision("auto", torch.device("cuda")) == "bfloat16"
     assert precision.resolve_precision("auto", torch.device("mps")) == "float32"
 
 
 @pytest.mark.slow
-def test_auto_precision_run_names_its_choice_and_resumes_exactly(tiny_recipe):
-    """``auto`` resolves to this machine's choice (bfloat16 with AMX / AVX512-BF16), says so in
-    train.log, and a run stopped and resumed ends with an uninterrupted run's weights."""
+def test_auto_precision_run_names_its_choice_and_resumes_exactly(tiny_recipe, monkeypatch, caplog):
+    """``auto`` resolves to this machine's choice (bfloat16 with AMX / AVX512-BF16) and says so
+    in train.log. A run stopped and resumed ends with an uninterrupted run's weights, even where
+    ``auto`` would decide otherwise on the resuming machine: it goes on in the precision it began in."""
     from pathlib import Path
 
+    import jointreg.training.precision as precision
+    from jointreg.training.checkpoint import load_checkpoint
     from jointreg.training.loop import train
-    from jointreg.training.precision import native_bfloat16
 
     from .test_loop import assert_same_exported_weights
 
+    native = precision.native_bfloat16()
     straight = train(tiny_recipe("precision=auto", name="straight"))
-    expected = "bfloat16" if native_bfloat16() else "float32"
+    expected = "bfloat16" if native else "float32"
     assert f"precision: auto → {expected} on cpu" in (Path(straight["run"]) / "train.log").read_text()
     stopped = train(tiny_recipe("precision=auto", name="resumed"), stop_after=8)
-    resumed = train(tiny_recipe("precision=auto", name="resumed"), run_dir=stopped["run"], resume=True)
+    assert load_checkpoint(f"{stopped['run']}/checkpoints/last")["state"]["precision"] == expected
+    monkeypatch.setattr(precision, "native_bfloat16", lambda: not native)  # another machine
+    with caplog.at_level("WARNING", logger="jointreg.training.loop"):
+        resumed = train(tiny_recipe("precision=auto", name="resumed"), run_dir=stopped["run"], resume=True)
+    assert f"resuming in {expected}, the precision the run started in" in caplog.text
     assert_same_exported_weights(straight["run"], resumed["run"])

@@ -47,3 +47,12 @@ def test_a_run_finished_with_other_settings_is_not_reused_and_not_replaced_unask
     failed = _fake_finished_run(tmp_path / "failed", recipe, status="failed")
     check_not_finished_otherwise(failed, changed)
     assert finished_summary(failed, recipe) is None
+
+
+def test_a_finished_run_whose_recipe_cannot_be_read_is_protected(tiny_recipe, tmp_path):
+    recipe = tiny_recipe()
+    run = _fake_finished_run(tmp_path / "run", recipe)
+    (run / "recipe.yaml").write_text("registration: {lrr: 1}\n")  # e.g. a key a later version removed
+    assert finished_summary(run, recipe) is None
+    with pytest.raises(ConfigError, match=r"run: this run finished with other settings \(recipe.yaml: .*unreadable"):
+        check_not_finished_otherwise(run, recipe)
