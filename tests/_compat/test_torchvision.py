@@ -4,8 +4,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 
 def _run(code: str, tmp_path, extra_path=None) -> subprocess.CompletedProcess:
     env_path = f"import sys; sys.path.insert(0, {str(extra_path)!r})\n" if extra_path else ""
