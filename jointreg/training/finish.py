@@ -4,6 +4,7 @@ dataset's test split."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -82,6 +83,8 @@ def finish_run(
         "best_validation": state.best_score,
         "train_seconds": round(state.elapsed, 1),
         "device": str(device),
+        "precision": state.precision,
+        "dataset_path": os.path.realpath(recipe.data.dataset),  # what a later rerun's data set is checked against
         "recipe_sha256": recipe_digest(recipe),
         "exported": exported,
         "history": state.history,

@@ -152,7 +152,13 @@ def _finished(run_dir: str | Path, recipe: Recipe) -> tuple[dict[str, Any], list
         stored = read_run_recipe(run_dir)
     except (InputError, ConfigError) as error:  # finished, but its settings cannot be read back
         return data, [("recipe.yaml", f"unreadable ({error})", "this recipe")]
-    return data, _weight_changes(recipe_changes(stored.to_dict(), recipe.to_dict()))
+    changes = _weight_changes(recipe_changes(stored.to_dict(), recipe.to_dict()))
+    trained_on = data.get("dataset_path")  # the data set as it resolved when the run trained
+    if isinstance(trained_on, str):
+        changes = [c for c in changes if c[0] != "data.dataset"]
+        if os.path.realpath(recipe.data.dataset) != trained_on:
+            changes.append(("data.dataset", trained_on, recipe.data.dataset))
+    return data, changes
 
 
 def finished_summary(run_dir: str | Path, recipe: Recipe) -> dict[str, Any] | None:

@@ -4,6 +4,7 @@ its place in the resume checkpoint."""
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -171,6 +172,9 @@ def test_auto_precision_run_names_its_choice_and_resumes_exactly(tiny_recipe, mo
     straight = train(tiny_recipe("precision=auto", name="straight"))
     expected = "bfloat16" if native else "float32"
     assert f"precision: auto → {expected} on cpu" in (Path(straight["run"]) / "train.log").read_text()
+    recipe = tiny_recipe("precision=auto", name="straight")
+    assert straight["precision"] == expected
+    assert straight["dataset_path"] == os.path.realpath(recipe.data.dataset)
     stopped = train(tiny_recipe("precision=auto", name="resumed"), stop_after=8)
     assert load_checkpoint(f"{stopped['run']}/checkpoints/last")["state"]["precision"] == expected
     monkeypatch.setattr(precision, "native_bfloat16", lambda: not native)  # another machine

@@ -56,3 +56,29 @@ def test_a_finished_run_whose_recipe_cannot_be_read_is_protected(tiny_recipe, tm
     assert finished_summary(run, recipe) is None
     with pytest.raises(ConfigError, match=r"run: this run finished with other settings \(recipe.yaml: .*unreadable"):
         check_not_finished_otherwise(run, recipe)
+
+
+def test_the_data_set_is_checked_against_where_it_resolved_when_the_run_trained(tiny_recipe, tmp_path, monkeypatch):
+    import shutil
+
+    recipe = tiny_recipe()
+    dataset = recipe.data.dataset
+    other = tmp_path / "other_data"
+    shutil.copytree(dataset, other)
+    os.symlink(dataset, tmp_path / "latest")
+    run = _fake_finished_run(tmp_path / "run", tiny_recipe(f"data.dataset={tmp_path / 'latest'}"))
+    summary = json.loads((run / "summary.json").read_text())
+    summary["dataset_path"] = os.path.realpath(dataset)  # as finish.py records it
+    (run / "summary.json").write_text(json.dumps(summary))
+    assert finished_summary(run, tiny_recipe(f"data.dataset={tmp_path / 'latest'}"))["marker"] == 7
+    os.remove(tmp_path / "latest")
+    os.symlink(other, tmp_path / "latest")  # the link now names another data set
+    assert finished_summary(run, tiny_recipe(f"data.dataset={tmp_path / 'latest'}")) is None
+    with pytest.raises(ConfigError, match="data.dataset"):
+        check_not_finished_otherwise(run, tiny_recipe(f"data.dataset={tmp_path / 'latest'}"))
+    # The same relative spelling from another working folder is another data set too.
+    rel = _fake_finished_run(tmp_path / "rel", tiny_recipe("data.dataset=data"))
+    summary["dataset_path"] = os.path.realpath(dataset)
+    (rel / "summary.json").write_text(json.dumps(summary))
+    monkeypatch.chdir(tmp_path)
+    assert finished_summary(rel, tiny_recipe("data.dataset=data")) is None
