@@ -12,7 +12,8 @@ share the machine's conditions:
   :func:`jointreg.training.steps.weights_finite`: float32 training as shipped) and
   ``bfloat16`` (``after`` with the recipe's ``precision: bfloat16``, autocast forward passes;
   fast where the CPU has bfloat16 matrix units, :func:`jointreg.training.precision.native_bfloat16`)
-  and ``bfloat16-cl`` (the same with both networks' weights in channels-last memory format);
+  and ``after-cl`` / ``bfloat16-cl`` (the same with both networks' weights in channels-last
+  memory format);
   each with its ratio to the first variant;
 * **the parts** of a step, each timed on its own in float32 with the last variant's optimiser: drawing the batch
   (pairs and tensors; annotated slices with augmentation), the registration-derived groups
@@ -63,7 +64,7 @@ from jointreg.training.plan import REGISTRATION, SEGMENTATION, build_plan, total
 from jointreg.training.precision import MixedPrecision, native_bfloat16  # noqa: E402
 from jointreg.utils.device import set_threads  # noqa: E402
 
-VARIANTS = ("before", "after", "bfloat16", "bfloat16-cl")
+VARIANTS = ("before", "after", "after-cl", "bfloat16", "bfloat16-cl")
 
 
 def elementwise_finite(net: torch.nn.Module) -> bool:
