@@ -306,7 +306,10 @@ def _register_2d(model, moving, fixed, labels, spec, slice_map, label_mode, batc
 
 def _register_3d(model, moving, fixed, labels, spec, size, label_mode) -> RegistrationResult:
     from jointreg.data.slices import normalize_intensities
+    from jointreg.data.volume_box import VolumeBox
 
+    if isinstance(size, VolumeBox):
+        return _register_box(model, moving, fixed, labels, spec, size, label_mode)
     method = spec.resolve_normalization(model.modality)
     grid_m = size or moving.shape
     grid_f = size or fixed.shape
@@ -316,13 +319,34 @@ def _register_3d(model, moving, fixed, labels, spec, size, label_mode) -> Regist
         )
     m = volume_on_grid(normalize_intensities(moving.array, method, spec), tuple(grid_m))
     f = volume_on_grid(normalize_intensities(fixed.array, method, spec), tuple(grid_f))
+    q = volume_model_coordinates(fixed.shape, grid_f)
+    return _warp_volume(model, moving, fixed, labels, m, f, q,
+                        lambda p: volume_source_coordinates(moving.shape, grid_m, p), label_mode)
+
+
+def _register_box(model, moving, fixed, labels, spec, box, label_mode) -> RegistrationResult:
+    """A 3D-mode model: both volumes sliced as in training, resampled into the model's box."""
+    from jointreg.data.slices import slice_volume
+    from jointreg.data.volume_box import image_box
+
+    sliced = [slice_volume(v, None, spec, modality=model.modality, ignore_label=None, case=role)
+              for v, role in ((moving, "moving"), (fixed, "fixed"))]
+    m, f = (image_box(box, v) for v in sliced)
+    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in fixed.shape], indexing="ij"))
+    q = box.source_map(sliced[1]).apply(grid)
+    del grid
+    return _warp_volume(model, moving, fixed, labels, m, f, q, box.source_map(sliced[0]).inverse().apply, label_mode)
+
+
+def _warp_volume(model, moving, fixed, labels, m, f, q, to_moving, label_mode) -> RegistrationResult:
+    """Register the model-grid volumes ``m`` onto ``f``; ``q``: where each fixed voxel lies on
+    the model grid; ``to_moving``: model-grid positions -> moving voxel coordinates."""
     device = module_device(model.model)
     flow, metrics = _forward(model.model, m[None], f[None], device)
     if not metrics["finite"].all():
         raise _not_finite(model, "the volume pair", [])
-    q = volume_model_coordinates(fixed.shape, grid_f)
     u = resample(flow.numpy(), q[None])[0]
-    coords = volume_source_coordinates(moving.shape, grid_m, q + u)
+    coords = to_moving(q + u)
     del q, u
     warped = resample(moving.array[None, None], coords[None])[0, 0]
     warped_labels = None if labels is None else resample_labels(labels[None], coords[None], mode=label_mode)[0]

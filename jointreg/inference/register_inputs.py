@@ -21,6 +21,7 @@ from jointreg.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     from jointreg.data.slices import SliceSpec
+    from jointreg.data.volume_box import VolumeBox
     from jointreg.export.model_folder import LoadedModel
 
 
@@ -153,13 +154,14 @@ def check_labels(labels: Volume | None, moving: Volume) -> None:
 # --------------------------------------------------------------------------------------------
 # the model's slicing
 # --------------------------------------------------------------------------------------------
-def model_preprocessing(model: LoadedModel) -> tuple[SliceSpec, tuple[int, ...] | None]:
+def model_preprocessing(model: LoadedModel) -> tuple[SliceSpec, tuple[int, ...] | VolumeBox | None]:
     """The model's slicing settings, and the 3D working size.
 
     Returns:
         ``(spec, size3)``: for a 2D model the spec carries the in-plane ``size`` and ``size3`` is
         ``None``; for a 3D model ``size3`` is ``preprocessing.size`` (three integers) or ``None``
-        (each volume's own size).
+        (each volume's own size); for a model of 3D mode (``preprocessing.box``) the spec carries
+        the in-plane size of its slices and ``size3`` is the :class:`~jointreg.data.volume_box.VolumeBox`.
 
     Raises:
         InputError: unusable ``preprocessing`` in the model's ``config.json``.
@@ -167,12 +169,25 @@ def model_preprocessing(model: LoadedModel) -> tuple[SliceSpec, tuple[int, ...] 
     from jointreg.data.slices import SliceSpec
 
     settings = dict(model.preprocessing)
+    box = settings.pop("box", None)
     size = settings.pop("size", None)
     where = model.path / "config.json" if model.path is not None else None
     try:
         spec = SliceSpec.from_dict(settings)
     except ConfigError as exc:
         raise InputError(where, f"preprocessing: {exc}") from None
+    if box is not None:
+        # A 3D-mode model: volumes are sliced as for training (size: the in-plane grid), then
+        # resampled into the box (jointreg/data/volume_box.py).
+        from jointreg.data.volume_box import VolumeBox
+
+        if model.spatial_dims != 3 or size is None or len(size) != 2:
+            raise InputError(where, "preprocessing.box needs a 3D model and a two-integer preprocessing.size")
+        try:
+            volume_box = VolumeBox(**box)
+        except (TypeError, ValueError) as exc:
+            raise InputError(where, f"preprocessing.box: {exc}") from None
+        return dataclasses.replace(spec, size=tuple(int(v) for v in size)), volume_box
     if model.spatial_dims == 2:
         if size is None or len(size) != 2:
             raise InputError(where, f"preprocessing.size must be two integers for a 2D model, found {size!r}")

@@ -49,7 +49,17 @@ def finish_run(
     # What `jointreg segment` compares new inputs with (orientation, spacing): see docs/inference.md.
     extra[TRAINING_GEOMETRY] = describe_training_geometry(data.train)
     exported = {}
-    if nets.registration is not None:
+    if nets.registration is not None and recipe.volumes.enabled:
+        # 3D mode: volumes are sliced as for training, then resampled into the box (register reads the box).
+        from jointreg.training.volume_mode import training_box
+
+        box = training_box(recipe, data.train).to_dict()
+        exported["registration"] = str(save_model_folder(
+            paths.model("registration"), nets.registration, kind="registration",
+            architecture=recipe.registration.architecture, preprocessing={**preprocessing, "box": box},
+            labels=labels, modality=data.spec.modality, extra={**extra, "box": box},
+        ))
+    elif nets.registration is not None:
         exported["registration"] = str(save_model_folder(
             paths.model("registration"), nets.registration, kind="registration",
             architecture=recipe.registration.architecture, preprocessing=preprocessing, labels=labels,
@@ -149,11 +159,40 @@ def evaluate_run_models(recipe: Recipe, paths: RunPaths, data: TrainingData, net
             report_dir=paths.evaluation, labels=data.foreground_labels, label_lut=data.label_lut,
             progress=progress, largest_component=largest_component, raw_report_dir=paths.evaluation_raw,
         )
-    if nets.registration is not None:
+    if nets.registration is not None and recipe.volumes.enabled:
+        result["registration"] = _evaluate_volume_registration(recipe, paths, data, nets, volumes, split)
+    elif nets.registration is not None:
         from jointreg.inference.evaluation import evaluate_registration_on_volumes
 
         result["registration"] = evaluate_registration_on_volumes(
             nets.registration, volumes, radius=recipe.pairs.radius, num_classes=data.num_classes,
             ignore_index=data.ignore_index, out_json=paths.evaluation / "registration.json",
         )
+    return result
+
+
+def _evaluate_volume_registration(recipe: Recipe, paths: RunPaths, data: TrainingData, nets: Networks,
+                                  volumes, split: str) -> dict[str, Any]:
+    """3D mode: the atlases' labels registered onto the training targets (against
+    ``labelsTr_full``) and onto the evaluation volumes, on their own grids, with the identity's
+    (:func:`~jointreg.training.volume_mode.evaluate_propagation`); written to
+    ``evaluation/registration.json``."""
+    from jointreg.training.volume_mode import atlas_boxes, evaluate_propagation
+    from jointreg.utils.device import module_device
+
+    ds, lut = data.dataset, data.label_lut
+
+    def truth(case: str, split_name: str, full: bool):
+        path = ds.label_path(case, split_name, full=full)
+        return lut[ds.read_label(case, split_name, full=full).array] if path.exists() else None
+
+    groups = {
+        "training": [(v, t) for v in data.train if (t := truth(v.case, "Tr", True)) is not None],
+        split: [(v, t) for v in volumes if (t := truth(v.case, split, False)) is not None],
+    }
+    names = {int(i): n for n, i in data.labels.items()}
+    result = evaluate_propagation(nets.registration, atlas_boxes(recipe, data.train, data.ignore_index), groups,
+                                  num_classes=data.num_classes, ignore_index=data.ignore_index,
+                                  device=module_device(nets.registration), class_names=names)
+    write_json(paths.evaluation / "registration.json", result)
     return result

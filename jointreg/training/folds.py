@@ -32,6 +32,9 @@ class FoldsConfig:
         seed: seed of the assignment of cases to folds.
         slices_per_volume, strategy, classes: how the training cases of each fold are
             sparsified (see ``jointreg sparsify``).
+        volumes: instead, keep this many whole training volumes annotated per fold and none of
+            the others (``jointreg sparsify --volumes``; 3D mode, ``volumes.enabled``), chosen
+            with ``seed``.
     """
 
     count: int = 0
@@ -40,6 +43,7 @@ class FoldsConfig:
     slices_per_volume: int = 1
     strategy: Literal["largest", "even", "random", "extremes"] = "largest"
     classes: tuple[str, ...] = ()
+    volumes: int | None = None
 
     def __post_init__(self):
         if self.count == 1 or self.count < 0:
@@ -48,6 +52,8 @@ class FoldsConfig:
             raise ConfigError("folds.dataset: cross-validation needs a fully labelled dataset")
         if self.slices_per_volume < 1:
             raise ConfigError("folds.slices_per_volume: must be >= 1")
+        if self.volumes is not None and self.volumes < 1:
+            raise ConfigError("folds.volumes: must be >= 1 annotated volume per fold")
 
     @property
     def enabled(self) -> bool:
@@ -116,8 +122,12 @@ def build_fold_datasets(config: FoldsConfig, out: str | os.PathLike[str], *, pro
             from jointreg.data.dataset import write_spec
 
             write_spec(full, spec.replace(labels={k_: v for k_, v in spec.labels.items() if k_ != "ignore"}))
-            sparsify_dataset(full, folder, slices_per_volume=config.slices_per_volume, strategy=config.strategy,
-                             seed=config.seed, classes=list(config.classes) or None, overwrite=True, progress=progress)
+            if config.volumes is not None:
+                sparsify_dataset(full, folder, volumes=config.volumes, seed=config.seed, overwrite=True, progress=progress)
+            else:
+                sparsify_dataset(full, folder, slices_per_volume=config.slices_per_volume, strategy=config.strategy,
+                                 seed=config.seed, classes=list(config.classes) or None, overwrite=True,
+                                 progress=progress)
             shutil.rmtree(full)
             from jointreg.utils.atomic import write_json
 
@@ -127,8 +137,11 @@ def build_fold_datasets(config: FoldsConfig, out: str | os.PathLike[str], *, pro
 
 
 def _settings(config: FoldsConfig) -> dict[str, Any]:
-    return {"count": config.count, "slices_per_volume": config.slices_per_volume, "strategy": config.strategy,
-            "classes": list(config.classes)}
+    settings = {"count": config.count, "slices_per_volume": config.slices_per_volume, "strategy": config.strategy,
+                "classes": list(config.classes)}
+    if config.volumes is not None:  # only when set, so that existing slice folds stay current
+        settings["volumes"] = config.volumes
+    return settings
 
 
 def _fold_is_current(folder: Path, manifest: dict[str, Any], config: FoldsConfig) -> bool:

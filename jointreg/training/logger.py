@@ -101,9 +101,12 @@ def log_registration_panel(logger: RunLogger, net, batch, *, num_classes: int, i
         out = net(batch.moving[:1], batch.fixed[:1])
         net.train(was_training)
         warped_label = warp_labels(batch.moving_label[:1], out.flow, num_classes, ignore_index=ignore_index)
-    panel = registration_panel(
-        batch.fixed[:1], batch.moving[:1], out.warped, out.flow, warped_label=warped_label, ignore_index=ignore_index
-    )
+    fixed, moving, warped, flow = batch.fixed[:1], batch.moving[:1], out.warped, out.flow
+    if fixed.dim() == 5:  # 3D mode: the middle plane across the last axis, its in-plane field
+        mid = fixed.shape[-1] // 2
+        fixed, moving, warped, warped_label = (t[..., mid] for t in (fixed, moving, warped, warped_label))
+        flow = flow[:, :2, ..., mid]
+    panel = registration_panel(fixed, moving, warped, flow, warped_label=warped_label, ignore_index=ignore_index)
     logger.image("registration/fixed|moving|warped|diff|grid|labels", panel, step)
 
 

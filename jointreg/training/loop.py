@@ -18,14 +18,16 @@ import json
 import logging
 import time
 from contextlib import ExitStack
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from jointreg.data.batches import registration_batch
+from jointreg.data.batches import RegistrationBatch, registration_batch
 from jointreg.data.pairs import PairSampler
 from jointreg.errors import ConfigError, InputError, JointregError
 from jointreg.export.run_folder import RunPaths
@@ -41,6 +43,7 @@ from jointreg.training.plan import REGISTRATION, Phase, build_plan, locate, roun
 from jointreg.training.precision import MixedPrecision, resolve_precision
 from jointreg.training.prefetch import RealBatches
 from jointreg.training.propagation import SegmentationGroups
+from jointreg.training.volume_mode import VolumeGroups, VolumePairs
 from jointreg.training.rounds import end_of_round, save_last
 from jointreg.training.run_folder import open_run_folder, run_paths
 from jointreg.training.steps import registration_step, segmentation_step
@@ -216,7 +219,7 @@ def run_plan(run: Run, state: TrainingState, stop_after: int | None = None, *, s
             role = nets.role(phase.network)
             if phase.network == REGISTRATION:
                 pairs = ctx.share(sampler.sample(recipe.registration.batch_size, rng))
-                batch = registration_batch(data.train, pairs, ignore_index=data.ignore_index, device=run.device)
+                batch = inputs.batch(pairs)
                 terms = registration_step(role.train_net, role.optimizer, batch, objective,
                                           segmentor=nets.segmentor if seg_warm else None, step=g, distributed=ctx, precision=role.precision)
                 state.registration_steps += 1
@@ -275,10 +278,11 @@ class StepInputs:
     registration-derived groups and its annotated-slice batches (``None`` where a network is
     absent)."""
 
-    sampler: PairSampler | None
-    groups: SegmentationGroups | None
+    sampler: PairSampler | VolumePairs | None
+    groups: SegmentationGroups | VolumeGroups | None
     objective: RegistrationObjective | None
     batches: RealBatches | None
+    batch: Callable[[list], RegistrationBatch] | None = None  # the drawn pairs as tensors
 
 
 def step_inputs(recipe: Recipe, data: TrainingData, nets: Networks, device: torch.device, plan: list[Phase],
@@ -290,9 +294,12 @@ def step_inputs(recipe: Recipe, data: TrainingData, nets: Networks, device: torc
     Raises:
         InputError: the training volumes cannot form the pairs the recipe asks for.
     """
-    sampler = groups = objective = None
-    if nets.registration is not None:
+    sampler = groups = objective = make_batch = None
+    if nets.registration is not None and recipe.volumes.enabled:
+        sampler, groups, make_batch = _volume_inputs(recipe, data, device)
+    elif nets.registration is not None:
         pairs = recipe.pairs
+        make_batch = partial(registration_batch, data.train, ignore_index=data.ignore_index, device=device)
         try:
             sampler = PairSampler(
                 data.train, radius=pairs.radius, cross_volume=pairs.cross_volume,
@@ -305,6 +312,7 @@ def step_inputs(recipe: Recipe, data: TrainingData, nets: Networks, device: torc
             )
         except ValueError as exc:
             raise InputError(data.dataset.root, str(exc)) from None
+    if nets.registration is not None:
         objective = RegistrationObjective(
             recipe.registration, num_classes=data.num_classes, ignore_index=data.ignore_index,
             penalty_weights=type(nets.registration).penalty_weights,
@@ -318,7 +326,23 @@ def step_inputs(recipe: Recipe, data: TrainingData, nets: Networks, device: torc
     if nets.segmentor is not None:
         batches = RealBatches(data.train, seed=recipe.seed, batch_size=recipe.segmentation.batch_size, share=share,
                               augment=augment, device=device, plan=plan, ahead=_prefetch(device))
-    return StepInputs(sampler, groups, objective, batches)
+    return StepInputs(sampler, groups, objective, batches, make_batch)
+
+
+def _volume_inputs(recipe: Recipe, data: TrainingData, device: torch.device):
+    """3D mode's pair sampler, segmentation groups and pair batches (:mod:`~jointreg.training.volume_mode`)."""
+    from jointreg.training.volume_mode import BoxedVolumes, VolumeGroups, VolumePairs, training_box
+
+    try:
+        sampler = VolumePairs(data.train, unannotated_moving=recipe.pairs.unannotated_moving,
+                              annotated_fixed=recipe.pairs.annotated_fixed)
+    except ValueError as exc:
+        raise InputError(data.dataset.root, str(exc)) from None
+    boxed = BoxedVolumes(data.train, training_box(recipe, data.train), ignore_index=data.ignore_index)
+    groups = VolumeGroups(data.train, boxed, warped_weight=recipe.segmentation.warped_weight,
+                          propagated_weight=recipe.segmentation.propagated_weight, num_classes=data.num_classes,
+                          ignore_index=data.ignore_index, device=device)
+    return sampler, groups, lambda pairs: boxed.batch(pairs, device)
 
 
 def _prefetch(device: torch.device) -> bool:

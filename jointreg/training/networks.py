@@ -108,7 +108,7 @@ def build_networks(recipe: Recipe, data: TrainingData, device: torch.device) -> 
         from jointreg.nets.registration import create_registration_net, is_trainable
 
         cfg = recipe.registration
-        args = {"spatial_dims": 2, "in_channels": 1, **cfg.arguments}
+        args = {"spatial_dims": 3 if recipe.volumes.enabled else 2, "in_channels": 1, **cfg.arguments}
         net = create_registration_net(cfg.architecture, **args).to(device)
         roles.append(NetworkRole(REGISTRATION, "registration", net))
         if is_trainable(cfg.architecture):  # the plan's rule too: trained networks get phases and an optimiser

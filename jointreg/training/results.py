@@ -62,6 +62,9 @@ def segmentation_table(
 def registration_table(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     """Markdown table of the registration evaluation of runs that trained a registration net."""
     rows = [(name, s["evaluation"]["registration"]) for name, s in runs if s.get("evaluation", {}).get("registration")]
+    volume_rows = [(name, reg) for name, reg in rows if "training" in reg]  # 3D mode (volume_mode.evaluate_propagation)
+    if volume_rows:
+        return _volume_registration_table(volume_rows)
     if not rows:
         return ""
     keys = [("label_dice", "label Dice"), ("identity_dice", "identity Dice"), ("ncc", "NCC"), ("folding_percent", "folding %")]
@@ -69,6 +72,21 @@ def registration_table(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     for name, reg in rows:
         cells = [("–" if reg.get(k) is None else f"{reg[k]:.3f}") for k, _ in keys]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {reg.get('pairs', '–')} |")
+    return "\n".join(lines)
+
+
+def _volume_registration_table(rows: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    """3D mode: the atlases' labels registered onto the training targets and the test volumes
+    (mean foreground Dice on each volume's own grid), and the identity's."""
+    groups = [g for g in dict.fromkeys(k for _, reg in rows for k in reg)]
+    head = " | ".join(f"{g} registration | {g} identity" for g in groups)
+    lines = [f"| method | {head} |", "|" + "---|" * (2 * len(groups) + 1)]
+    for name, reg in rows:
+        cells = []
+        for g in groups:
+            entry = reg.get(g) or {}
+            cells += ["–" if entry.get(k) is None else f"{entry[k]:.3f}" for k in ("label_dice", "identity_dice")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

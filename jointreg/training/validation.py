@@ -126,7 +126,15 @@ def validation_scores(recipe, data, nets, volumes: Sequence[SlicedVolume], *, us
             scores.update(validate_segmentor(nets.segmentor, volumes, num_classes=data.num_classes,
                                              ignore_index=data.ignore_index, use_full_labels=use_full_labels,
                                              labels=data.labels))
-        if nets.registration is not None:
+        if nets.registration is not None and recipe.volumes.enabled:
+            from jointreg.training.volume_mode import atlas_boxes, score_propagation
+
+            reg_scores = score_propagation(
+                nets.registration, atlas_boxes(recipe, data.train, data.ignore_index), volumes,
+                num_classes=data.num_classes, ignore_index=data.ignore_index,
+                device=module_device(nets.registration), use_full_labels=use_full_labels,
+            )
+        elif nets.registration is not None:
             reg_scores = validate_registration(nets.registration, volumes, radius=recipe.pairs.radius,
                                                num_classes=data.num_classes, ignore_index=data.ignore_index)
             scores.update({k if nets.segmentor is None else f"registration/{k}": v for k, v in reg_scores.items()})

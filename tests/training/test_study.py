@@ -1,4 +1,5 @@
 import dataclasses
+from pathlib import Path
 
 import pytest
 import yaml
@@ -175,3 +176,33 @@ def test_a_cross_validated_study_pools_the_test_volumes_of_every_fold(tiny_recip
     assert "Test volumes of all 2 folds pooled" in text and "## Fold 0" in text and "## Fold 1" in text
     comparison = json.loads((tmp_path / "study" / "comparison" / "comparison.json").read_text())
     assert {entry["case"] for entry in comparison["paired"]} == set(folds[0]["test"] + folds[1]["test"])
+
+
+def test_volume_folds_keep_whole_annotated_volumes(sparse_phantom, tmp_path):
+    """folds.volumes: each fold's training cases sparsified as `sparsify --volumes N` (3D mode)."""
+    import json
+
+    from jointreg.data.dataset import Dataset
+    from jointreg.training.folds import FoldsConfig, build_fold_datasets
+
+    full = sparse_phantom.parent / "full"  # 3 training + 1 test phantom, fully labelled
+    folds = build_fold_datasets(FoldsConfig(count=2, dataset=str(full), volumes=1), tmp_path / "folds")
+    for fold in folds:
+        manifest = json.loads((Path(fold["dataset"]) / "sparsify.json").read_text())
+        assert manifest["mode"] == "volumes" and len(manifest["kept_volumes"]) == 1
+        ds = Dataset.open(fold["dataset"])
+        ignore = ds.spec.ignore_label
+        annotated = [c for c in ds.cases("Tr") if (ds.read_label(c).array != ignore).any()]
+        assert annotated == manifest["kept_volumes"]
+        assert (ds.read_label(annotated[0]).array != ignore).all()
+    with pytest.raises(ConfigError, match="folds.volumes"):
+        FoldsConfig(count=2, dataset="d", volumes=0)
+
+
+def test_registration_table_of_3d_runs_shows_training_and_test_groups():
+    from jointreg.training.results import registration_table
+
+    reg = {"training": {"label_dice": 0.7123, "identity_dice": 0.6011}, "Ts": {"label_dice": 0.65, "identity_dice": 0.55}}
+    table = registration_table([("R3D", {"evaluation": {"registration": reg}})])
+    assert table.splitlines()[0] == "| method | training registration | training identity | Ts registration | Ts identity |"
+    assert table.splitlines()[2] == "| R3D | 0.712 | 0.601 | 0.650 | 0.550 |"
