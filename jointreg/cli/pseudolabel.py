@@ -11,7 +11,9 @@ unchanged. Modes: 'registration' warps the nearest annotated slice(s) on each si
 (--propagation direct, or chain: slice by slice through the neighbours) and averages them with
 weights exp(-distance / pair radius); 'segmentor' uses the segmentor alone; 'fusion' (default)
 mixes both, trusting registration near annotated slices and where it agrees with the segmentor.
-Cases without any annotated voxel are labelled by the segmentor alone.
+Cases without any annotated voxel are labelled by the segmentor alone. A run of 3D mode
+(volumes.enabled) instead registers every case annotated on every voxel (the atlases) onto each
+other case in its box and fuses their labels; voxels no atlas reaches get the segmentor's label.
 
 DIR receives imagesTr/ (hard links or copies), labelsTr/, dataset.json (labels without ignore),
 provenance/{case}.json and pseudolabel.json. The job is resumable: rerun the same command after an

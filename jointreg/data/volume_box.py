@@ -105,7 +105,7 @@ class VolumeBox:
         ``volumes``) that holds the largest of them, each side rounded up to ``multiple``."""
         spacings = np.array([stack_spacing(v) for v in volumes])
         if spacing is None:
-            spacing = tuple(float(s) for s in np.median(spacings, axis=0))
+            spacing = tuple(round(float(s), 4) for s in np.median(spacings, axis=0))
         extents = np.array([[n * s for n, s in zip(v.source_shape, v.reference.spacing)] for v in volumes]).max(0)
         shape = tuple(max(multiple, multiple * math.ceil(e / s / multiple - 1e-6)) for e, s in zip(extents, spacing))
         return cls(tuple(spacing), shape)  # type: ignore[arg-type]

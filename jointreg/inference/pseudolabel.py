@@ -120,6 +120,11 @@ class _Job:
     work: CaseJob
 
 
+def _without_box(settings: Any) -> Any:
+    """A model's settings without the 3D box (a mapping; anything else as it is)."""
+    return {k: v for k, v in settings.items() if k != "box"} if isinstance(settings, dict) else settings
+
+
 def _describe(run: Path, dataset: str | PathLike[str], out: Path, settings: PseudolabelSettings) -> _Job:
     """Check the run, the dataset and the output folder, and say what the job writes."""
     from jointreg.data.dataset import Dataset
@@ -134,9 +139,11 @@ def _describe(run: Path, dataset: str | PathLike[str], out: Path, settings: Pseu
     reg_config, seg_config = _model_config(models.registration), _model_config(models.segmentor)
     main_config = seg_config or reg_config
     assert main_config is not None
+    # A 3D-mode registration (jointreg/training/volume_mode.py) adds its box to the slicing both networks share.
+    box = dict((reg_config or {}).get("preprocessing", {}).get("box") or {}) or None
     if reg_config and seg_config:
         for key in ("preprocessing", "labels"):
-            if reg_config.get(key) != seg_config.get(key):
+            if _without_box(reg_config.get(key)) != _without_box(seg_config.get(key)):
                 raise InputError(run, f"the registration network and the segmentor disagree on {key}; export them from one run")
     source = Dataset.open(dataset)
     labels = {str(n): int(v) for n, v in main_config.get("labels", {}).items()} or dict(source.spec.class_labels)
@@ -169,8 +176,9 @@ def _describe(run: Path, dataset: str | PathLike[str], out: Path, settings: Pseu
     )
     work = CaseJob(
         dataset=str(source.root.resolve()), out=str(out.resolve()), models=model_paths, settings=settings,
-        preprocessing=dict(main_config.get("preprocessing", {})), labels=labels, lut=tuple(int(v) for v in lut),
+        preprocessing=_without_box(main_config.get("preprocessing", {})), labels=labels, lut=tuple(int(v) for v in lut),
         radius=radius, modality=source.spec.modality, file_ending=source.spec.file_ending,
+        box=box if mode != "segmentor" else None,
     )
     return _Job(source, cases, manifest, spec, labels, lut, dropped, work)
 

@@ -116,6 +116,7 @@ class CaseJob:
     modality: str
     file_ending: str
     threads: int | None = None
+    box: dict[str, Any] | None = None  # a 3D-mode registration's box: cases labelled from the atlases
 
 
 class CaseLabeller:
@@ -149,6 +150,12 @@ class CaseLabeller:
         self.lut = np.asarray(job.lut, dtype=np.int16)
         self.num_classes = len(job.labels)
         self.out = Path(job.out)
+        self.box = None
+        if job.box is not None and self.registration is not None:
+            from jointreg.data.volume_box import VolumeBox
+
+            self.box = VolumeBox(**job.box)
+        self._atlases = None
 
     # --- paths -------------------------------------------------------------------------
     def label_path(self, case: str) -> Path:
@@ -204,7 +211,11 @@ class CaseLabeller:
         ]
         case_method = "annotation"
         result = np.array(stack, dtype=np.int16, copy=True)
-        if targets:
+        if targets and self.box is not None:
+            case_method, info3d = self._label_from_atlases(case, sliced, result)
+            slices = [{**entry, "method": case_method} if entry["annotation"] != "complete" else entry for entry in slices]
+            targets_info = info3d
+        elif targets:
             # Labels on the training grid, as slice_volume makes them ("ignore" everywhere on
             # unannotated slices, background padding), but only the annotated slices are
             # resampled: label resampling is the costly part of slicing.
@@ -259,8 +270,58 @@ class CaseLabeller:
             "voxels": {"annotated": int(known_per_slice.sum()), "pseudo_labelled": int(unknown_per_slice.sum())},
             "slices": slices,
         }
+        if targets and self.box is not None:
+            provenance.update(targets_info)
         write_json(self.provenance_path(case), provenance)
         return {"case": case, "method": case_method, "pseudo_slices": len(targets)}
+
+    def _atlas_boxes(self):
+        """The dataset's cases annotated on every voxel (the atlases), sliced and in the box; built once."""
+        if self._atlases is None:
+            from jointreg.data.slices import slice_volume
+            from jointreg.training.volume_mode import BoxedVolumes
+
+            k, sliced = self.num_classes, []
+            for case in self.dataset.cases("Tr"):
+                if not self.dataset.label_path(case).exists():
+                    continue
+                image = self.dataset.read_image(case)
+                labels, _ = self._network_labels(case, image)
+                if (labels == k).any():
+                    continue
+                label_volume = image.with_array(labels.astype(np.int16))
+                sliced.append(slice_volume(image, label_volume, self.spec, modality=self.job.modality,
+                                           ignore_label=k, case=case))
+            if not sliced:
+                raise InputError(self.dataset.labels_dir("Tr"), "the run registers whole volumes (3D mode), but no "
+                                 "case is annotated on every voxel to register from (jointreg sparsify --volumes N)")
+            self._atlases = BoxedVolumes(sliced, self.box, ignore_index=k)
+        return self._atlases
+
+    def _label_from_atlases(self, case: str, sliced, result: np.ndarray) -> tuple[str, dict[str, Any]]:
+        """3D mode: fill ``result``'s unknown voxels (``(S, h, w)``, in place) with every atlas
+        registered onto the case and fused; voxels no atlas reached get the segmentor's label
+        (background without one)."""
+        from jointreg.inference.predict import channel_argmax, predict_stack
+        from jointreg.training.volume_mode import fused_probabilities, propagate_atlases
+
+        k, axis = self.num_classes, sliced.axis
+        boxed = self._atlas_boxes()
+        probabilities, known = fused_probabilities(
+            propagate_atlases(self.registration, boxed, sliced, num_classes=k, device=self.device))
+        stack = np.concatenate([probabilities * known[None], (~known)[None].astype(np.float32)])
+        source = sliced.to_volume(np.ascontiguousarray(stack.transpose(1, 0, 2, 3)), "probabilities")
+        pseudo = np.moveaxis(channel_argmax(source, 0), axis, 0)  # (S, h, w), k where no atlas reached
+        missing = result == k
+        uncovered = missing & (pseudo == k)
+        if uncovered.any() and self.segmentor is not None:
+            probs = predict_stack(self.segmentor, sliced.images, batch_size=self.job.settings.batch_size, device=self.device)
+            pseudo = np.where(pseudo == k, channel_argmax(sliced.geometry.to_source(probs, "probabilities"), 1), pseudo)
+        result[missing] = np.where(pseudo[missing] == k, 0, pseudo[missing])
+        info = {"atlases": [v.case for v in boxed.volumes], "box": self.box.to_dict(),
+                "uncovered_fraction": float(uncovered.sum() / max(1, missing.sum())),
+                "uncovered_labelled_by": "segmentor" if self.segmentor is not None else "background"}
+        return "atlas registration (3D)", info
 
     def _label_targets(self, images: np.ndarray, labels: np.ndarray, targets: list[int], annotated: list[int], case: str):
         """Fused probabilities ``(T, K, H, W)`` of the target slices on the training grid, their

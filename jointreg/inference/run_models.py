@@ -62,7 +62,8 @@ def find_run_models(run: str | PathLike[str]) -> RunModels:
 
     Raises:
         InputError: not a run folder, no exports, a broken model folder, a model of the wrong
-            kind, or a 3D network (pseudo-labelling works on slices).
+            kind, or a 3D network other than a 3D-mode registration (pseudo-labelling works on
+            slices, or registers whole cases from the atlases in 3D mode).
         PermissionError: weights that cannot be read (the command line prints it as
             ``PATH: permission denied``), found here rather than in a worker process.
     """
@@ -81,8 +82,10 @@ def find_run_models(run: str | PathLike[str]) -> RunModels:
         config = read_model_config(folder)
         if config["kind"] != kind:
             raise InputError(folder, f"holds a {config['kind']} model, expected a {kind} model")
-        if int(config.get("spatial_dims", 2)) != 2:
-            raise InputError(folder, "pseudolabel needs 2D (slice) networks")
+        box = (config.get("preprocessing") or {}).get("box")
+        if int(config.get("spatial_dims", 2)) != 2 and not (kind == "registration" and box):
+            # A 3D registration of 3D mode (its box in preprocessing) labels whole cases from the atlases.
+            raise InputError(folder, "pseudolabel needs 2D (slice) networks, or the 3D registration of a 3D-mode run")
         with open(folder / WEIGHTS_NAME, "rb"):
             pass
     return RunModels(found.get("registration"), found.get("segmentor"))

@@ -204,6 +204,21 @@ def test_3d_run_trains_exports_and_register_reads_its_box(volume_phantom, tmp_pa
     dice = 2 * (warped & truth).sum() / (warped.sum() + truth.sum())
     assert dice == pytest.approx(reg["training"]["per_case"][target]["registration"], abs=0.03)
 
+    # pseudolabel labels every unannotated case from the atlas, and copies the atlas.
+    from jointreg.inference.pseudolabel import pseudolabel_dataset
+    from jointreg.inference.pseudolabel_case import PseudolabelSettings
+
+    done = pseudolabel_dataset(summary["run"], sparse, tmp_path / "pseudo", settings=PseudolabelSettings(mode="registration"),
+                               progress=False)
+    assert done["methods"] == {"annotation": 1, "atlas registration (3D)": 3}  # the atlas; the 3 other training cases
+    pseudo = np.asarray(nib.load(tmp_path / f"pseudo/labelsTr/{target}.nii.gz").dataobj) == 1
+    assert 2 * (pseudo & truth).sum() / (pseudo.sum() + truth.sum()) == pytest.approx(
+        reg["training"]["per_case"][target]["registration"], abs=0.03)
+    atlas_out = np.asarray(nib.load(tmp_path / f"pseudo/labelsTr/{atlas}.nii.gz").dataobj)
+    np.testing.assert_array_equal(atlas_out == 1, np.asarray(nib.load(full / f"labelsTr/{atlas}.nii.gz").dataobj) == 1)
+    provenance = json.loads((tmp_path / f"pseudo/provenance/{target}.json").read_text())
+    assert provenance["method"] == "atlas registration (3D)" and provenance["atlases"] == [atlas]
+
 
 @pytest.mark.slow
 def test_3d_run_resumes_exactly(volume_phantom, tmp_path):
