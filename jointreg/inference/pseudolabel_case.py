@@ -152,7 +152,7 @@ class CaseLabeller:
         self.out = Path(job.out)
         self.box = None
         if job.box is not None and self.registration is not None:
-            from jointreg.data.volume_box import VolumeBox
+            from jointreg.inference.volume_box import VolumeBox
 
             self.box = VolumeBox(**job.box)
         self._atlases = None
@@ -279,7 +279,7 @@ class CaseLabeller:
         """The dataset's cases annotated on every voxel (the atlases), sliced and in the box; built once."""
         if self._atlases is None:
             from jointreg.data.slices import slice_volume
-            from jointreg.training.volume_mode import BoxedVolumes
+            from jointreg.inference.atlases import BoxedVolumes
 
             k, sliced = self.num_classes, []
             for case in self.dataset.cases("Tr"):
@@ -303,7 +303,7 @@ class CaseLabeller:
         registered onto the case and fused; voxels no atlas reached get the segmentor's label
         (background without one)."""
         from jointreg.inference.predict import channel_argmax, predict_stack
-        from jointreg.training.volume_mode import fused_probabilities, propagate_atlases
+        from jointreg.inference.atlases import fused_probabilities, propagate_atlases
 
         k, axis = self.num_classes, sliced.axis
         boxed = self._atlas_boxes()

@@ -306,7 +306,7 @@ def _register_2d(model, moving, fixed, labels, spec, slice_map, label_mode, batc
 
 def _register_3d(model, moving, fixed, labels, spec, size, label_mode) -> RegistrationResult:
     from jointreg.data.slices import normalize_intensities
-    from jointreg.data.volume_box import VolumeBox
+    from jointreg.inference.volume_box import VolumeBox
 
     if isinstance(size, VolumeBox):
         return _register_box(model, moving, fixed, labels, spec, size, label_mode)
@@ -327,7 +327,7 @@ def _register_3d(model, moving, fixed, labels, spec, size, label_mode) -> Regist
 def _register_box(model, moving, fixed, labels, spec, box, label_mode) -> RegistrationResult:
     """A 3D-mode model: both volumes sliced as in training, resampled into the model's box."""
     from jointreg.data.slices import slice_volume
-    from jointreg.data.volume_box import image_box
+    from jointreg.inference.volume_box import image_box
 
     sliced = [slice_volume(v, None, spec, modality=model.modality, ignore_label=None, case=role)
               for v, role in ((moving, "moving"), (fixed, "fixed"))]

@@ -21,7 +21,7 @@ from jointreg.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     from jointreg.data.slices import SliceSpec
-    from jointreg.data.volume_box import VolumeBox
+    from jointreg.inference.volume_box import VolumeBox
     from jointreg.export.model_folder import LoadedModel
 
 
@@ -161,7 +161,7 @@ def model_preprocessing(model: LoadedModel) -> tuple[SliceSpec, tuple[int, ...] 
         ``(spec, size3)``: for a 2D model the spec carries the in-plane ``size`` and ``size3`` is
         ``None``; for a 3D model ``size3`` is ``preprocessing.size`` (three integers) or ``None``
         (each volume's own size); for a model of 3D mode (``preprocessing.box``) the spec carries
-        the in-plane size of its slices and ``size3`` is the :class:`~jointreg.data.volume_box.VolumeBox`.
+        the in-plane size of its slices and ``size3`` is the :class:`~jointreg.inference.volume_box.VolumeBox`.
 
     Raises:
         InputError: unusable ``preprocessing`` in the model's ``config.json``.
@@ -178,8 +178,8 @@ def model_preprocessing(model: LoadedModel) -> tuple[SliceSpec, tuple[int, ...] 
         raise InputError(where, f"preprocessing: {exc}") from None
     if box is not None:
         # A 3D-mode model: volumes are sliced as for training (size: the in-plane grid), then
-        # resampled into the box (jointreg/data/volume_box.py).
-        from jointreg.data.volume_box import VolumeBox
+        # resampled into the box (jointreg/inference/volume_box.py).
+        from jointreg.inference.volume_box import VolumeBox
 
         if model.spatial_dims != 3 or size is None or len(size) != 2:
             raise InputError(where, "preprocessing.box needs a 3D model and a two-integer preprocessing.size")

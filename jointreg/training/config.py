@@ -347,7 +347,7 @@ class EvaluationConfig:
 class VolumesConfig:
     """3D mode (:mod:`jointreg.training.volume_mode`): a few training volumes annotated on every
     slice (``jointreg sparsify --volumes N``), the registration network 3D, between whole volumes
-    in a common box (:mod:`jointreg.data.volume_box`).
+    in a common box (:mod:`jointreg.inference.volume_box`).
 
     Attributes:
         enabled: 3D mode on.

@@ -6,7 +6,7 @@ the run's loop (:mod:`jointreg.training.loop`) stays the same, alternating regis
 segmentation phases, but
 
 * the registration network is 3D and registers whole volumes in a common box
-  (:mod:`jointreg.data.volume_box`): pairs of an atlas (moving) and any other training volume
+  (:mod:`jointreg.inference.volume_box`): pairs of an atlas (moving) and any other training volume
   (fixed; :class:`VolumePairs`), with the label term wherever the fixed volume is an atlas too;
 * the segmentor (2D, on the training slices as in slice mode) learns from the atlases' slices
   (the real group) and from every slice of the targets, labelled by registering each atlas onto
@@ -26,16 +26,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from jointreg.data.batches import RegistrationBatch, to_device
-from jointreg.data.pairs import labelled_slices
+from jointreg.data.batches import to_device
 from jointreg.data.slices import SlicedVolume
-from jointreg.data.volume_box import VolumeBox, box_to_stack_coordinates, image_box, label_box, stack_in_box
+from jointreg.inference.atlases import (
+    BoxedVolumes, atlas_indices, fuse, fused_probabilities, propagate_atlases, register_onto_stack,
+)
+from jointreg.inference.volume_box import VolumeBox
 from jointreg.training.propagation import PropagatedBatch
 
-
-def atlas_indices(volumes: Sequence[SlicedVolume]) -> list[int]:
-    """Training volumes annotated on every slice."""
-    return [i for i, v in enumerate(volumes) if v.labels is not None and len(labelled_slices(v)) == v.num_slices]
 
 
 def training_box(recipe, volumes: Sequence[SlicedVolume]) -> VolumeBox:
@@ -52,28 +50,6 @@ class VolumePair:
     moving: int
     fixed: int
     distance: int = 0
-
-
-class BoxedVolumes:
-    """The training volumes in the box: images ``(N, 1, *box)`` and labels ``(N, 1, *box)``
-    (``ignore_index`` where unknown), built once."""
-
-    def __init__(self, volumes: Sequence[SlicedVolume], box: VolumeBox, *, ignore_index: int):
-        self.volumes, self.box, self.ignore_index = list(volumes), box, ignore_index
-        self.images = np.stack([image_box(box, v) for v in volumes])[:, None]
-        self.labels = np.stack([
-            label_box(box, v, v.labels, ignore_index) if v.labels is not None
-            else np.full(box.shape, ignore_index, np.int64) for v in volumes
-        ])[:, None]
-
-    def batch(self, pairs: Sequence[VolumePair], device: torch.device) -> RegistrationBatch:
-        m = [p.moving for p in pairs]
-        f = [p.fixed for p in pairs]
-        return RegistrationBatch(
-            moving=to_device(self.images[m], device), fixed=to_device(self.images[f], device),
-            moving_label=to_device(self.labels[m], device), fixed_label=to_device(self.labels[f], device),
-            distance=torch.zeros(len(pairs), device=device), pairs=list(pairs),
-        )
 
 
 class VolumePairs:
@@ -113,81 +89,6 @@ class VolumePairs:
                 fixed = choices[int(rng.integers(len(choices)))]
             pairs.append(VolumePair(moving, fixed))
         return pairs
-
-
-@dataclass
-class Propagated:
-    """An atlas's registration onto a volume, on that volume's training slices.
-
-    Attributes:
-        probabilities: ``(K, S, H, W)`` the atlas's warped one-hot labels.
-        known: ``(S, H, W)`` where the atlas reached (inside its extent and the box).
-        warped: ``(S, H, W)`` the atlas's image warped onto the slices.
-    """
-
-    probabilities: np.ndarray
-    known: np.ndarray
-    warped: np.ndarray
-
-
-@torch.no_grad()
-def register_onto_stack(net: torch.nn.Module | None, boxed: BoxedVolumes, atlas: int, target: SlicedVolume,
-                        target_image: np.ndarray, *, num_classes: int, device: torch.device) -> Propagated:
-    """Register atlas ``atlas`` (an index into ``boxed``) onto ``target`` (its box image
-    ``target_image``, ``box.shape``) and bring the atlas's labels and image onto the target's
-    training slices. ``net=None``: the identity (the atlas copied through the box)."""
-    from jointreg.inference.register_grid import resample
-    from jointreg.spatial.labels import one_hot
-
-    box, source = boxed.box, boxed.volumes[atlas]
-    if net is None:
-        flow = np.zeros((1, 3, *box.shape), np.float32)
-    else:
-        was = net.training
-        net.eval()
-        moving = to_device(boxed.images[atlas:atlas + 1], device)
-        fixed = to_device(np.asarray(target_image, np.float32)[None, None], device)
-        flow = net(moving, fixed).flow.float().cpu().numpy()
-        net.train(was)
-    q = stack_in_box(box, target)
-    inside_box = np.ones(q.shape[1:], bool)
-    for d, n in enumerate(box.shape):
-        inside_box &= (q[d] >= -0.5) & (q[d] <= n - 0.5)
-    u = resample(flow, q[None])[0]
-    coords = box_to_stack_coordinates(box, source, q + u)
-    labels = torch.from_numpy(source.labels.astype(np.int64))[None, None]
-    onehot = one_hot(labels, num_classes, ignore_index=boxed.ignore_index)[0].numpy()  # (K + 1, S_a, H, W)
-    sampled = resample(onehot[None], coords[None])[0]
-    warped = resample(source.images[None, None], coords[None])[0, 0]
-    known = inside_box & (sampled[num_classes] < 0.5)
-    for d, n in enumerate(source.images.shape):
-        known &= (coords[d] >= -0.5) & (coords[d] <= n - 0.5)
-    return Propagated(sampled[:num_classes], known, warped)
-
-
-def fused_probabilities(propagated: Sequence[Propagated]) -> tuple[np.ndarray, np.ndarray]:
-    """``(K, S, H, W)`` the atlases' mean probabilities (each atlas counted where it reached)
-    and ``(S, H, W)`` where any atlas reached."""
-    total = sum(p.probabilities * p.known[None] for p in propagated)
-    count = sum(p.known.astype(np.float32) for p in propagated)
-    return total / np.maximum(count, 1.0)[None], count > 0
-
-
-def fuse(propagated: Sequence[Propagated], ignore_index: int) -> np.ndarray:
-    """``(S, H, W)`` labels: the argmax of :func:`fused_probabilities` where any atlas reached,
-    ``ignore_index`` elsewhere."""
-    probabilities, known = fused_probabilities(propagated)
-    return np.where(known, np.argmax(probabilities, axis=0), ignore_index).astype(np.int64)
-
-
-def propagate_atlases(net: torch.nn.Module | None, boxed: BoxedVolumes, target: SlicedVolume, *, num_classes: int,
-                      device: torch.device) -> list[Propagated]:
-    """Every atlas of ``boxed`` registered onto ``target`` (``net=None``: the identity)."""
-    from jointreg.data.volume_box import image_box
-
-    image = image_box(boxed.box, target)
-    return [register_onto_stack(net, boxed, a, target, image, num_classes=num_classes, device=device)
-            for a in range(len(boxed.volumes))]
 
 
 def atlas_boxes(recipe, train: Sequence[SlicedVolume], ignore_index: int) -> BoxedVolumes:

@@ -118,8 +118,17 @@ def test_shipped_studies_resolve_every_method():
         study, base = load_study(path)
         runs = plan_runs(study, base)
         methods = {r.method for r in runs}
-        assert {"UNet", "IUNet", "RUNet", "VUNet", "UNet*"} <= methods, path.name
         by_method = {r.method: r.recipe for r in runs}
+        if by_method["R3D-UNet" if "R3D-UNet" in methods else "UNet"].volumes.enabled:
+            # 3D mode: the segmentor alone on the annotated volumes, the identity, affine, FMIRNet, all labelled.
+            assert {"UNet", "I3D-UNet", "A3D-UNet", "R3D-UNet", "UNet*"} <= methods, path.name
+            assert by_method["UNet"].mode == "segmentation" and not by_method["UNet"].volumes.enabled
+            assert [by_method[m].registration.architecture for m in ("I3D-UNet", "A3D-UNet", "R3D-UNet")] == \
+                ["identity", "affine", "fmirnet"]
+            assert all(by_method[m].volumes.enabled and by_method[m].mode == "joint" for m in ("I3D-UNet", "A3D-UNet", "R3D-UNet"))
+            assert by_method["UNet*"].data.labels == "full" and study.folds.volumes is not None
+            continue
+        assert {"UNet", "IUNet", "RUNet", "VUNet", "UNet*"} <= methods, path.name
         assert by_method["UNet"].mode == "segmentation"
         assert by_method["RUNet"].mode == "joint"
         assert by_method["VUNet"].registration.architecture == "voxelmorph"

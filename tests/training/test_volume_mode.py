@@ -11,12 +11,11 @@ import torch
 
 from jointreg.data.nifti import Volume
 from jointreg.data.slices import SliceSpec, slice_volume
-from jointreg.data.volume_box import VolumeBox, label_box
+from jointreg.inference.volume_box import VolumeBox, label_box
 from jointreg.errors import ConfigError, InputError
 from jointreg.nets.registration.output import RegistrationOutput
-from jointreg.training.volume_mode import (
-    BoxedVolumes, VolumePairs, fuse, propagate_atlases, register_onto_stack, score_propagation,
-)
+from jointreg.inference.atlases import BoxedVolumes, fuse, propagate_atlases, register_onto_stack
+from jointreg.training.volume_mode import VolumePairs, score_propagation
 
 IGNORE = 2
 

@@ -7,7 +7,7 @@ import pytest
 
 from jointreg.data.nifti import Volume
 from jointreg.data.slices import SliceSpec, slice_volume
-from jointreg.data.volume_box import (
+from jointreg.inference.volume_box import (
     AxisMap, VolumeBox, box_in_stack, box_to_stack_coordinates, image_box, label_box, source_to_box,
     stack_in_box, stack_spacing,
 )
