@@ -183,3 +183,17 @@ def label_box(box: VolumeBox, volume: SlicedVolume, stack: np.ndarray, ignore_in
     coords, inside = box_in_stack(box, volume)
     out = resample_labels(np.asarray(stack)[None], coords[None])[0]
     return np.where(inside, out, ignore_index).astype(np.int64)
+
+
+def probabilities_box(box: VolumeBox, volume: SlicedVolume, stack: np.ndarray) -> np.ndarray:
+    """Per-class probabilities ``(S, K, H, W)`` on ``volume``'s training slices in the box
+    (linear per channel): ``(K, *box.shape)`` float32, background (channel 0) = 1 outside the
+    volume's extent."""
+    from jointreg.inference.register_grid import resample
+
+    coords, inside = box_in_stack(box, volume)
+    channels = np.ascontiguousarray(np.moveaxis(np.asarray(stack, np.float32), 1, 0))  # (K, S, H, W)
+    out = resample(channels[None], coords[None])[0]
+    outside = np.zeros_like(out)
+    outside[0] = 1.0
+    return np.where(inside[None], out, outside).astype(np.float32)

@@ -409,8 +409,6 @@ class Recipe:
         """What 3D mode cannot use, refused with the key to change."""
         if not self.registration.enabled:
             raise ConfigError("volumes.enabled: 3D mode registers volumes; it needs registration.enabled: true")
-        if self.registration.anatomy_weight > 0:
-            raise ConfigError("registration.anatomy_weight: not available in 3D mode (volumes.enabled); set it to 0")
         if self.propagation != PropagationConfig():
             raise ConfigError("propagation: the slice-propagation settings do not apply in 3D mode (volumes.enabled); "
                               "remove the section (3D mode fuses the atlases' warped labels)")

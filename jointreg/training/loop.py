@@ -220,8 +220,12 @@ def run_plan(run: Run, state: TrainingState, stop_after: int | None = None, *, s
             if phase.network == REGISTRATION:
                 pairs = ctx.share(sampler.sample(recipe.registration.batch_size, rng))
                 batch = inputs.batch(pairs)
+                anatomy = None
+                if recipe.volumes.enabled and seg_warm and recipe.registration.anatomy_weight > 0:
+                    anatomy = groups.anatomy(nets.segmentor, pairs, state.segmentation_steps)
                 terms = registration_step(role.train_net, role.optimizer, batch, objective,
-                                          segmentor=nets.segmentor if seg_warm else None, step=g, distributed=ctx, precision=role.precision)
+                                          segmentor=nets.segmentor if seg_warm else None, step=g, distributed=ctx,
+                                          precision=role.precision, anatomy=anatomy)
                 state.registration_steps += 1
                 if main and recipe.logging.image_every and g % recipe.logging.image_every == 0:
                     log_registration_panel(run.logger, role.net, batch, num_classes=data.num_classes,

@@ -91,6 +91,7 @@ def registration_step(
     step: int = 0,
     distributed: Distributed | None = None,
     precision: MixedPrecision | None = None,
+    anatomy: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """One optimiser step of the registration network; returns the loss terms.
 
@@ -101,10 +102,11 @@ def registration_step(
             is then the DistributedDataParallel wrapper, which averages the gradients).
         precision: mixed precision for the forward pass and the loss (:mod:`~jointreg.training.precision`;
             ``None``: float32).
+        anatomy: the anatomy target ``(B, K, *S)`` given directly instead of ``segmentor``'s
+            softmax (3D mode: the slice segmentor's probabilities resampled into the box).
     """
     net.train()
-    anatomy = None
-    if segmentor is not None and loss_fn.config.anatomy_weight > 0:
+    if anatomy is None and segmentor is not None and loss_fn.config.anatomy_weight > 0:
         was_training = segmentor.training
         segmentor.eval()
         with torch.no_grad():

@@ -12,7 +12,10 @@ segmentation phases, but
   (the real group) and from every slice of the targets, labelled by registering each atlas onto
   the target and fusing the atlases' warped one-hot labels (mean probability, then argmax;
   :class:`VolumeGroups`). The labels are rebuilt whenever the registration has changed; the
-  warped group is the atlases' images and labels warped onto the targets' slices.
+  warped group is the atlases' images and labels warped onto the targets' slices;
+* with ``registration.anatomy_weight``, the segmentor supervises the registration back
+  (DeepAtlas): its probabilities on the fixed volume's slices, resampled into the box, are the
+  anatomy target (:meth:`VolumeGroups.anatomy`).
 
 ``register`` and the run's exported registration read volumes the same way (the box goes into
 the model folder's ``preprocessing``).
@@ -146,6 +149,8 @@ class VolumeGroups:
         self._labels: dict[int, np.ndarray] = {}
         self._warped: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._version: int | None = None
+        self._anatomy: dict[int, np.ndarray] = {}
+        self._anatomy_version: int | None = None
 
     def refresh(self, net: torch.nn.Module, version: int) -> None:
         """Register every atlas onto every target with the registration as it is now
@@ -161,6 +166,24 @@ class VolumeGroups:
                 labels = np.where(r.known, np.argmax(r.probabilities, axis=0), self.ignore_index).astype(np.int64)
                 self._warped[(a, v)] = (r.warped.astype(np.float32), labels)
         self._version = version
+
+    @torch.no_grad()
+    def anatomy(self, segmentor: torch.nn.Module, pairs: Sequence, version: int) -> torch.Tensor:
+        """DeepAtlas's anatomy target of registration pairs: the slice segmentor's probabilities
+        on each fixed volume's training slices, resampled into the box, ``(B, K, *box)``
+        (recomputed when ``version``, the segmentation steps done, has changed)."""
+        from jointreg.inference.predict import predict_stack
+        from jointreg.inference.volume_box import probabilities_box
+
+        if version != self._anatomy_version:
+            self._anatomy = {}
+            self._anatomy_version = version
+        was = segmentor.training
+        for v in {p.fixed for p in pairs} - set(self._anatomy):
+            probs = predict_stack(segmentor, self.volumes[v].images, device=self.device)
+            self._anatomy[v] = probabilities_box(self.boxed.box, self.volumes[v], probs)
+        segmentor.train(was)
+        return to_device(np.stack([self._anatomy[p.fixed] for p in pairs]), self.device)
 
     def labels(self, volume: int) -> np.ndarray | None:
         """The fused propagated labels ``(S, H, W)`` of a target volume (after :meth:`refresh`)."""

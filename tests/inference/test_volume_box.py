@@ -8,7 +8,7 @@ import pytest
 from jointreg.data.nifti import Volume
 from jointreg.data.slices import SliceSpec, slice_volume
 from jointreg.inference.volume_box import (
-    AxisMap, VolumeBox, box_in_stack, box_to_stack_coordinates, image_box, label_box, source_to_box,
+    AxisMap, VolumeBox, box_in_stack, box_to_stack_coordinates, image_box, label_box, probabilities_box, source_to_box,
     stack_in_box, stack_spacing,
 )
 
@@ -76,3 +76,13 @@ def test_box_refuses_bad_settings():
         VolumeBox((1.0, 1.0), (8, 8, 8))
     with pytest.raises(ValueError, match="positive"):
         VolumeBox((1.0, 0.0, 1.0), (8, 8, 8))
+
+
+def test_probabilities_box_carries_each_class_and_background_outside():
+    v = _sliced(shape=(64, 64, 10), spacing=(2.0, 2.0, 5.0), size=(32, 32))
+    box = VolumeBox((4.0, 4.0, 5.0), (32, 32, 14))
+    onehot = np.stack([v.labels == 0, v.labels == 1], axis=1).astype(np.float32)  # (S, K, H, W)
+    boxed = probabilities_box(box, v, onehot)
+    assert boxed.shape == (2, 32, 32, 14)
+    np.testing.assert_allclose(boxed[1][..., 2:12], np.moveaxis(onehot[:, 1], 0, -1), atol=1e-5)
+    assert np.all(boxed[0][..., :2] == 1) and np.all(boxed[1][..., 12:] == 0)

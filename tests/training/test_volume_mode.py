@@ -117,7 +117,6 @@ def test_boxed_batch_holds_volume_pairs():
 
 @pytest.mark.parametrize("override, message", [
     ("registration.enabled=false", "needs registration.enabled"),
-    ("registration.anatomy_weight=0.1", "anatomy_weight"),
     ("propagation.method=chain", "propagation"),
     ("pairs.cross_volume=0.5", "cross_volume"),
     ("volumes.shape=[4, 64, 64]", "at least 8"),
@@ -221,13 +220,19 @@ def test_3d_run_trains_exports_and_register_reads_its_box(volume_phantom, tmp_pa
 
 @pytest.mark.slow
 def test_3d_run_resumes_exactly(volume_phantom, tmp_path):
+    from pathlib import Path
+
     from jointreg.training.loop import train
     from tests.training.test_loop import assert_same_exported_weights
 
-    straight = train(_recipe(volume_phantom, tmp_path, "evaluation.enabled=false", name="straight"))
-    stopped = train(_recipe(volume_phantom, tmp_path, "evaluation.enabled=false", name="resumed"), stop_after=5)
+    # With DeepAtlas's anatomy term: the segmentor's probabilities in the box supervise the registration
+    # once the segmentor is warm (steps 6-7 and 10-11 of the plan).
+    settings = ("evaluation.enabled=false", "registration.anatomy_weight=0.5")
+    straight = train(_recipe(volume_phantom, tmp_path, *settings, name="straight"))
+    log = (Path(straight["run"]) / "train.log").read_text()
+    assert "anatomy_dice" in log
+    stopped = train(_recipe(volume_phantom, tmp_path, *settings, name="resumed"), stop_after=7)
     assert stopped["status"] == "stopped"
-    resumed = train(_recipe(volume_phantom, tmp_path, "evaluation.enabled=false", name="resumed"),
-                    run_dir=stopped["run"], resume=True)
+    resumed = train(_recipe(volume_phantom, tmp_path, *settings, name="resumed"), run_dir=stopped["run"], resume=True)
     assert resumed["steps"] == straight["steps"]
     assert_same_exported_weights(straight["run"], resumed["run"])
