@@ -8,6 +8,8 @@ metadata both formats share are in :mod:`jointreg.export.common`.
 
 from __future__ import annotations
 
+import logging
+
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
@@ -17,6 +19,8 @@ from jointreg.export.model_folder import CONFIG_NAME, load_model_folder
 from jointreg.export.onnx import export_onnx
 from jointreg.export.run_folder import MODEL_KINDS, RunPaths
 from jointreg.export.torchscript import export_torchscript
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("torchscript", "onnx")
 SUFFIX = {"torchscript": ".pt", "onnx": ".onnx"}
@@ -79,6 +83,13 @@ def export_run(
     else:
         target = RunPaths(path).standalone(fmt)
     loaded = [load_model_folder(f, device="cpu") for f in folders]
+    if len(loaded) > 1 and any(m.spatial_dims == 3 for m in loaded):
+        # A 3D-mode run: its registration registers whole volumes (use it through jointreg register
+        # or pseudolabel); the slice segmentor still exports.
+        for m in loaded:
+            if m.spatial_dims == 3:
+                log.warning("%s: a 3D network, not exported (only 2D networks can be); the others are", m.path)
+        loaded = [m for m in loaded if m.spatial_dims != 3]
     files = [target / f"{m.kind}{SUFFIX[fmt]}" for m in loaded]
     existing = [p for f in files for p in (f, f.with_suffix(".json")) if p.exists()]
     if existing and not overwrite:

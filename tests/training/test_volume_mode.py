@@ -217,6 +217,11 @@ def test_3d_run_trains_exports_and_register_reads_its_box(volume_phantom, tmp_pa
     provenance = json.loads((tmp_path / f"pseudo/provenance/{target}.json").read_text())
     assert provenance["method"] == "atlas registration (3D)" and provenance["atlases"] == [atlas]
 
+    # export: the slice segmentor exports, the 3D registration is left out with a warning.
+    from jointreg.export.standalone import export_run
+
+    assert [p.name for p in export_run(summary["run"], "torchscript")] == ["segmentor.pt"]
+
 
 @pytest.mark.slow
 def test_3d_run_resumes_exactly(volume_phantom, tmp_path):
