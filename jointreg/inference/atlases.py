@@ -120,3 +120,16 @@ def propagate_atlases(net: torch.nn.Module | None, boxed: BoxedVolumes, target: 
     image = image_box(boxed.box, target)
     return [register_onto_stack(net, boxed, a, target, image, num_classes=num_classes, device=device)
             for a in range(len(boxed.volumes))]
+
+
+def source_labels(net: torch.nn.Module | None, boxed: BoxedVolumes, target: SlicedVolume, *, num_classes: int,
+                  device: torch.device) -> np.ndarray:
+    """The atlases' fused labels on ``target``'s own (source) grid, int16 in source axis order;
+    ``num_classes`` (one past the last class) where no atlas reached."""
+    from jointreg.inference.predict import channel_argmax
+
+    probabilities, known = fused_probabilities(propagate_atlases(net, boxed, target, num_classes=num_classes,
+                                                                 device=device))
+    # "Unknown" as its own channel, so that it comes back where it was.
+    stack = np.concatenate([probabilities * known[None], (~known)[None].astype(np.float32)])
+    return channel_argmax(target.to_volume(np.ascontiguousarray(stack.transpose(1, 0, 2, 3)), "probabilities"), 0)

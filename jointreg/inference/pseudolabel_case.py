@@ -303,15 +303,12 @@ class CaseLabeller:
         registered onto the case and fused; voxels no atlas reached get the segmentor's label
         (background without one)."""
         from jointreg.inference.predict import channel_argmax, predict_stack
-        from jointreg.inference.atlases import fused_probabilities, propagate_atlases
+        from jointreg.inference.atlases import source_labels
 
         k, axis = self.num_classes, sliced.axis
         boxed = self._atlas_boxes()
-        probabilities, known = fused_probabilities(
-            propagate_atlases(self.registration, boxed, sliced, num_classes=k, device=self.device))
-        stack = np.concatenate([probabilities * known[None], (~known)[None].astype(np.float32)])
-        source = sliced.to_volume(np.ascontiguousarray(stack.transpose(1, 0, 2, 3)), "probabilities")
-        pseudo = np.moveaxis(channel_argmax(source, 0), axis, 0)  # (S, h, w), k where no atlas reached
+        source = source_labels(self.registration, boxed, sliced, num_classes=k, device=self.device)
+        pseudo = np.moveaxis(source, axis, 0)  # (S, h, w), k where no atlas reached
         missing = result == k
         uncovered = missing & (pseudo == k)
         if uncovered.any() and self.segmentor is not None:

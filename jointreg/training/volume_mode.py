@@ -32,7 +32,7 @@ import torch
 from jointreg.data.batches import to_device
 from jointreg.data.slices import SlicedVolume
 from jointreg.inference.atlases import (
-    BoxedVolumes, atlas_indices, fuse, fused_probabilities, propagate_atlases, register_onto_stack,
+    BoxedVolumes, atlas_indices, fuse, propagate_atlases, register_onto_stack, source_labels,
 )
 from jointreg.inference.volume_box import VolumeBox
 from jointreg.training.propagation import PropagatedBatch
@@ -241,12 +241,7 @@ def evaluate_propagation(net: torch.nn.Module, boxed: BoxedVolumes, groups: dict
                 continue
             per_case[volume.case] = {}
             for name, model in (("registration", net), ("identity", None)):
-                probabilities, known = fused_probabilities(
-                    propagate_atlases(model, boxed, volume, num_classes=num_classes, device=device))
-                # Unknown as its own channel, so that it comes back where it was.
-                stack = np.concatenate([probabilities * known[None], (~known)[None].astype(np.float32)])
-                source = volume.to_volume(np.ascontiguousarray(stack.transpose(1, 0, 2, 3)), "probabilities")
-                labels = np.argmax(source, axis=0)
+                labels = source_labels(model, boxed, volume, num_classes=num_classes, device=device)
                 labels = np.where(labels == num_classes, ignore_index, labels)
                 dice = class_dice(labels, truth, num_classes=num_classes, ignore_index=ignore_index)
                 per_case[volume.case][name] = float(np.mean(list(dice.values())))
