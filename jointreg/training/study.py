@@ -258,12 +258,30 @@ def _pool_folds(study: StudyConfig, runs: list[tuple[PlannedRun, dict[str, Any]]
             raw = [row for paths in evaluated
                    for row in read_per_case(paths.evaluation_raw if paths.evaluation_raw.is_dir() else paths.evaluation)]
             segmentation["without_postprocessing"] = summarize(raw)
-    if registration:
+    if registration and all("training" in r for r in registration):  # 3D mode: per-case figures, pooled
+        pooled["evaluation"]["registration"] = _pool_volume_registration(registration)
+    elif registration:
         pairs = sum(r.get("pairs") or 0 for r in registration)
         pooled["evaluation"]["registration"] = {
             k: (sum((r.get(k) or 0.0) * (r.get("pairs") or 0) for r in registration) / pairs if pairs else None)
             for k in ("label_dice", "identity_dice", "ncc", "folding_percent")
         } | {"pairs": pairs}
+    return pooled
+
+
+def _pool_volume_registration(folds: list[dict[str, Any]]) -> dict[str, Any]:
+    """3D mode's registration figures of the folds (:func:`~jointreg.training.volume_mode.evaluate_propagation`)
+    pooled per group: every fold's cases together, the means over them."""
+    pooled: dict[str, Any] = {}
+    for group in dict.fromkeys(g for r in folds for g in r):
+        per_case = {c: v for r in folds for c, v in (r.get(group) or {}).get("per_case", {}).items()}
+        if per_case:
+            pooled[group] = {
+                "cases": len(per_case),
+                "label_dice": sum(v["registration"] for v in per_case.values()) / len(per_case),
+                "identity_dice": sum(v["identity"] for v in per_case.values()) / len(per_case),
+                "per_case": per_case,
+            }
     return pooled
 
 

@@ -215,3 +215,16 @@ def test_registration_table_of_3d_runs_shows_training_and_test_groups():
     table = registration_table([("R3D", {"evaluation": {"registration": reg}})])
     assert table.splitlines()[0] == "| method | training registration | training identity | Ts registration | Ts identity |"
     assert table.splitlines()[2] == "| R3D | 0.712 | 0.601 | 0.650 | 0.550 |"
+
+
+def test_3d_registration_figures_of_the_folds_are_pooled_per_case():
+    from jointreg.training.study import _pool_volume_registration
+
+    fold0 = {"training": {"per_case": {"a": {"registration": 0.8, "identity": 0.6}}},
+             "Ts": {"per_case": {"b": {"registration": 0.7, "identity": 0.7}}}}
+    fold1 = {"training": {"per_case": {"c": {"registration": 0.6, "identity": 0.5},
+                                       "d": {"registration": 0.4, "identity": 0.4}}}}
+    pooled = _pool_volume_registration([fold0, fold1])
+    assert pooled["training"]["cases"] == 3 and set(pooled["training"]["per_case"]) == {"a", "c", "d"}
+    assert pooled["training"]["label_dice"] == pytest.approx(0.6) and pooled["training"]["identity_dice"] == pytest.approx(0.5)
+    assert pooled["Ts"]["cases"] == 1
