@@ -377,7 +377,9 @@ def write_study(study: StudyConfig, summaries: list[tuple[PlannedRun, dict[str, 
     text += postprocessing_note([(name, d) for name, _, d in labelled], classes=list(study.classes) or None,
                                 metrics=study.metrics)
     if reg:
-        text += f"\n## Registration (label propagation on the test volumes)\n\n{reg}\n"
+        what = ("the atlases' labels on the unannotated training volumes and on the test volumes, 3D mode"
+                if "training registration" in reg else "label propagation on the test volumes")
+        text += f"\n## Registration ({what})\n\n{reg}\n"
     if incomplete:
         text += f"\nNot pooled (not every fold has run): {', '.join(sorted(set(incomplete)))}.\n"
     # Paired comparison of every method against the baseline (first seed), over the (pooled) cases.
