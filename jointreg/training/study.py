@@ -127,9 +127,27 @@ def load_study(path: str | PathLike[str], overrides: list[str] | tuple[str, ...]
 
 
 def _override_list(values: dict[str, Any]) -> list[str]:
+    """``key=value`` overrides of a mapping. A recipe section given as a mapping
+    (``data: {size: [48, 48]}``) sets those keys of the section and keeps its others, as
+    ``data.size=[48, 48]`` would; any other value replaces the key's value."""
+    import dataclasses
+
     import yaml
 
-    return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}" for k, v in values.items()]
+    from jointreg.training.config import Recipe
+
+    sections = {f.name for f in dataclasses.fields(Recipe) if f.default_factory is not dataclasses.MISSING}
+
+    def dump(value: Any) -> str:
+        return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+    out = []
+    for key, value in values.items():
+        if key in sections and isinstance(value, dict):
+            out += [f"{key}.{k}={dump(v)}" for k, v in value.items()]
+        else:
+            out.append(f"{key}={dump(value)}")
+    return out
 
 
 @dataclass(frozen=True)

@@ -228,3 +228,10 @@ def test_3d_registration_figures_of_the_folds_are_pooled_per_case():
     assert pooled["training"]["cases"] == 3 and set(pooled["training"]["per_case"]) == {"a", "c", "d"}
     assert pooled["training"]["label_dice"] == pytest.approx(0.6) and pooled["training"]["identity_dice"] == pytest.approx(0.5)
     assert pooled["Ts"]["cases"] == 1
+
+
+def test_study_overrides_set_keys_of_a_section_and_keep_its_others():
+    from jointreg.training.study import _override_list
+
+    assert _override_list({"threads": 1, "data": {"size": [48, 48]}, "registration": {"arguments": {"features": [4, 8]}}}) \
+        == ["threads=1", "data.size=[48, 48]", "registration.arguments={features: [4, 8]}"]
