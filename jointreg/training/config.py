@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from jointreg.errors import ConfigError, InputError
 from jointreg.training.config_checks import _non_negative, _positive, check_network_arguments
+from jointreg.training.config_volumes import VolumesConfig, check_volume_mode
 from jointreg.training.recipe_migration import move_propagation_keys
 from jointreg.utils.typed import apply_overrides, from_mapping, to_mapping
 
@@ -344,32 +345,6 @@ class EvaluationConfig:
 
 
 @dataclass(frozen=True)
-class VolumesConfig:
-    """3D mode (:mod:`jointreg.training.volume_mode`): a few training volumes annotated on every
-    slice (``jointreg sparsify --volumes N``), the registration network 3D, between whole volumes
-    in a common box (:mod:`jointreg.inference.volume_box`).
-
-    Attributes:
-        enabled: 3D mode on.
-        spacing: millimetres per box voxel along each source array axis (default: each axis's
-            median spacing of the training slices, i.e. ``data.size`` in-plane and the slice
-            spacing through-plane).
-        shape: the box in voxels (default: the largest training volume at ``spacing``, each side
-            rounded up to a multiple of 8).
-    """
-
-    enabled: bool = False
-    spacing: tuple[float, float, float] | None = None
-    shape: tuple[int, int, int] | None = None
-
-    def __post_init__(self):
-        if self.spacing is not None and min(self.spacing) <= 0:
-            raise ConfigError(f"volumes.spacing: must be positive millimetres, got {list(self.spacing)}")
-        if self.shape is not None and min(self.shape) < 8:
-            raise ConfigError(f"volumes.shape: at least 8 voxels per side, got {list(self.shape)}")
-
-
-@dataclass(frozen=True)
 class Recipe:
     """A complete experiment. See ``recipes/*.yaml`` for commented examples."""
 
@@ -402,18 +377,7 @@ class Recipe:
             raise ConfigError(f"threads: must be >= 1, got {self.threads}")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device.lower()):
             raise ConfigError(f"device: {self.device!r} is not valid (use auto, cpu, cuda or cuda:N)")
-        if self.volumes.enabled:
-            self._check_volume_mode()
-
-    def _check_volume_mode(self) -> None:
-        """What 3D mode cannot use, refused with the key to change."""
-        if not self.registration.enabled:
-            raise ConfigError("volumes.enabled: 3D mode registers volumes; it needs registration.enabled: true")
-        if self.propagation != PropagationConfig():
-            raise ConfigError("propagation: the slice-propagation settings do not apply in 3D mode (volumes.enabled); "
-                              "remove the section (3D mode fuses the atlases' warped labels)")
-        if self.pairs.cross_volume:
-            raise ConfigError("pairs.cross_volume: every pair joins two volumes in 3D mode; remove it")
+        check_volume_mode(self)
 
     @property
     def mode(self) -> str:
