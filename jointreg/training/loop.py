@@ -346,6 +346,10 @@ def _volume_inputs(recipe: Recipe, data: TrainingData, device: torch.device):
     groups = VolumeGroups(data.train, boxed, warped_weight=recipe.segmentation.warped_weight,
                           propagated_weight=recipe.segmentation.propagated_weight, num_classes=data.num_classes,
                           ignore_index=data.ignore_index, device=device)
+    if not groups.targets:
+        log.warning("%s: every training volume is annotated on every slice; there is nothing to propagate onto "
+                    "(the registration learns from the atlas pairs, the segmentor from the atlases alone)",
+                    data.dataset.root)
     return sampler, groups, lambda pairs: boxed.batch(pairs, device)
 
 
