@@ -120,7 +120,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as work:
-        report = {"recipe": str(args.recipe), "threads": args.threads or torch.get_num_threads(),
+        recipe = args.recipe.resolve()
+        shown = recipe.relative_to(REPO).as_posix() if recipe.is_relative_to(REPO) else recipe.name
+        report = {"recipe": shown, "threads": args.threads or torch.get_num_threads(),
                   "torch": torch.__version__, "rows": [bench(args, a, Path(work)) for a in args.architectures]}
     text = json.dumps(report, indent=2)
     print(text)
