@@ -18,7 +18,9 @@ import torch
 from jointreg.data.batches import RegistrationBatch, to_device
 from jointreg.data.pairs import labelled_slices
 from jointreg.data.slices import SlicedVolume
-from jointreg.inference.volume_box import VolumeBox, box_to_stack_coordinates, image_box, label_box, stack_in_box
+from jointreg.inference.volume_box import (
+    VolumeBox, box_to_stack_coordinates, image_box, inside_grid, label_box, stack_in_box,
+)
 
 
 def atlas_indices(volumes: Sequence[SlicedVolume]) -> list[int]:
@@ -84,18 +86,13 @@ def register_onto_stack(net: torch.nn.Module | None, boxed: BoxedVolumes, atlas:
         flow = net(moving, fixed).flow.float().cpu().numpy()
         net.train(was)
     q = stack_in_box(box, target)
-    inside_box = np.ones(q.shape[1:], bool)
-    for d, n in enumerate(box.shape):
-        inside_box &= (q[d] >= -0.5) & (q[d] <= n - 0.5)
     u = resample(flow, q[None])[0]
     coords = box_to_stack_coordinates(box, source, q + u)
     labels = torch.from_numpy(source.labels.astype(np.int64))[None, None]
     onehot = one_hot(labels, num_classes, ignore_index=boxed.ignore_index)[0].numpy()  # (K + 1, S_a, H, W)
     sampled = resample(onehot[None], coords[None])[0]
     warped = resample(source.images[None, None], coords[None])[0, 0]
-    known = inside_box & (sampled[num_classes] < 0.5)
-    for d, n in enumerate(source.images.shape):
-        known &= (coords[d] >= -0.5) & (coords[d] <= n - 0.5)
+    known = inside_grid(q, box.shape) & inside_grid(coords, source.images.shape) & (sampled[num_classes] < 0.5)
     return Propagated(sampled[:num_classes], known, warped)
 
 

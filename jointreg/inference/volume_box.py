@@ -131,7 +131,7 @@ def _grid(shape: Sequence[int]) -> np.ndarray:
     return np.stack(np.meshgrid(*axes, indexing="ij"))
 
 
-def _inside(coords: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+def inside_grid(coords: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """Where ``(D, *S)`` voxel coordinates fall within a grid of ``shape`` (half a voxel of slack)."""
     ok = np.ones(coords.shape[1:], bool)
     for d, n in enumerate(shape):
@@ -148,7 +148,7 @@ def box_in_stack(box: VolumeBox, volume: SlicedVolume) -> tuple[np.ndarray, np.n
     """
     to_stack = box.source_map(volume).inverse().then(source_to_stack(volume))
     coords = to_stack.apply(_grid(box.shape))[stack_order(volume)]
-    return coords, _inside(coords, volume.images.shape)
+    return coords, inside_grid(coords, volume.images.shape)
 
 
 def stack_in_box(box: VolumeBox, volume: SlicedVolume) -> np.ndarray:
