@@ -40,7 +40,7 @@ from jointreg.training.logger import RunLogger, log_registration_panel
 from jointreg.training.networks import Networks, TrainingState, build_networks, restore_payload
 from jointreg.training.objectives import RegistrationObjective
 from jointreg.training.plan import REGISTRATION, Phase, build_plan, locate, round_ends, total_steps, warmup_ends
-from jointreg.training.precision import MixedPrecision, resolve_precision
+from jointreg.training.precision import MixedPrecision, resolve_precision, use_channels_last
 from jointreg.training.prefetch import RealBatches
 from jointreg.training.propagation import SegmentationGroups
 from jointreg.training.volume_mode import VolumeGroups, VolumePairs
@@ -154,6 +154,9 @@ def _train_in(recipe: Recipe, paths: RunPaths, ctx: Distributed, device: torch.d
         log.warning("%s: resuming in %s, the precision the run started in (precision: %s gives %s here)",
                     paths.root, started, recipe.precision, precision)
         precision = started
+    for role in nets.roles:
+        if role.trains and use_channels_last(role.net, precision):  # before DDP sees the weights
+            log.info("%s: channels-last weights (mixed precision)", role.name)
     for role in nets.roles:
         if role.trains:
             role.trainer = ctx.wrap(role.net, device, unused_parameters=role.name == REGISTRATION) if ctx.active else None

@@ -59,9 +59,23 @@ class NetworkRole:
         self.net.load_state_dict(state["model"])
         if self.trains:
             self.optimizer.load_state_dict(state["optimizer"])
+            align_optimizer_state(self.optimizer)
             self.scheduler.load_state_dict(state["scheduler"])
         if self.precision is not None and "scaler" in state:
             self.precision.load_state_dict(state["scaler"])
+
+
+def align_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Give every per-parameter state tensor (Adam's moments) its parameter's memory layout.
+
+    A checkpoint stores tensors contiguous, so a channels-last network resumes with NCHW
+    moments; the fused Adam(W) kernels walk parameter and moments in memory order, and with
+    different layouts they would pair the wrong elements without any error."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    optimizer.state[param][key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 @dataclass

@@ -182,3 +182,64 @@ def test_auto_precision_run_names_its_choice_and_resumes_exactly(tiny_recipe, mo
         resumed = train(tiny_recipe("precision=auto", name="resumed"), run_dir=stopped["run"], resume=True)
     assert f"resuming in {expected}, the precision the run started in" in caplog.text
     assert_same_exported_weights(straight["run"], resumed["run"])
+
+
+def test_mixed_precision_puts_2d_networks_in_channels_last_only():
+    from jointreg.training.precision import use_channels_last
+
+    net2d = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3))
+    assert not use_channels_last(net2d, "float32")
+    assert net2d[0].weight.is_contiguous()
+    assert use_channels_last(net2d, "bfloat16")
+    assert net2d[2].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not net2d[2].weight.is_contiguous()  # 4 channels in: NHWC differs from NCHW
+    net3d = torch.nn.Conv3d(1, 4, 3)
+    assert not use_channels_last(net3d, "bfloat16") and net3d.weight.is_contiguous()
+    assert not use_channels_last(torch.nn.Linear(3, 2), "float16")  # nothing to reorder
+
+
+def _adamw_weights(layout_after_first_step, align: bool) -> torch.Tensor:
+    """A channels-last conv trained 3 fused-AdamW steps; after step 1 its moments go through a
+    state_dict round trip in ``layout_after_first_step`` (what a checkpoint does)."""
+    from jointreg.training.networks import align_optimizer_state
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(conv.parameters(), lr=1e-2, fused=True)
+    x = torch.rand(2, 3, 8, 8)
+    for step in range(3):
+        optimizer.zero_grad()
+        conv(x).square().mean().backward()
+        optimizer.step()
+        if step == 0 and layout_after_first_step is not None:
+            state = optimizer.state_dict()
+            for moments in state["state"].values():
+                for key, value in moments.items():
+                    if value.dim() == 4:
+                        moments[key] = value.contiguous(memory_format=layout_after_first_step)
+            optimizer.load_state_dict(state)
+            if align:
+                align_optimizer_state(optimizer)
+    return conv.weight.detach().clone()
+
+
+def test_resumed_moments_take_their_weights_layout():
+    """Checkpoints store tensors contiguous; without realigning, the fused kernel would pair a
+    channels-last weight with NCHW moments element by element in memory order (wrong, silently)."""
+    straight = _adamw_weights(None, align=False)
+    assert not torch.equal(_adamw_weights(torch.contiguous_format, align=False), straight)  # the hazard is real
+    assert torch.equal(_adamw_weights(torch.contiguous_format, align=True), straight)
+
+
+@pytest.mark.slow
+def test_bfloat16_channels_last_run_resumes_exactly(tiny_recipe, caplog):
+    from jointreg.training.loop import train
+
+    from .test_loop import assert_same_exported_weights
+
+    with caplog.at_level("INFO", logger="jointreg.training.loop"):
+        straight = train(tiny_recipe("precision=bfloat16", name="straight"))
+    assert "segmentation: channels-last weights (mixed precision)" in caplog.text
+    stopped = train(tiny_recipe("precision=bfloat16", name="resumed"), stop_after=8)
+    resumed = train(tiny_recipe("precision=bfloat16", name="resumed"), run_dir=stopped["run"], resume=True)
+    assert_same_exported_weights(straight["run"], resumed["run"])
