@@ -302,7 +302,7 @@ def run_speed(args: argparse.Namespace) -> dict:
 ACCURACY_MODELS = ["identity", "voxelmorph", "fmirnet-1", "fmirnet-2", "fmirnet", "fmirnet-diff"]
 # ``--accuracy-models all``: the identity, then every trainable registry network in this order
 # (networks registered later follow, by name).
-ALL_ORDER = ["voxelmorph", "voxelmorph-diff", "fmirnet-1", "fmirnet-2", "fmirnet-3", "fmirnet", "fmirnet-diff",
+ALL_ORDER = ["voxelmorph", "voxelmorph-diff", "fmirnet-1", "fmirnet-2", "fmirnet-3", "fmirnet", "fmirnet-diff", "fmirnet-fast",
              "tvf", "tvf-lddmm", "affine-deformable", "deformable-gradients", "affine", "pmrnet", "pmrnet-diff"]
 SPEED_BATCHES = (1, 8)  # pairs/s of each trained model on its training grid, interleaved
 

@@ -15,7 +15,10 @@ image; the label warp is timed separately and is the same for all):
 * ``fmirnet-onnxruntime``: FMIRNet as ``--backend onnxruntime`` runs it (exported in memory,
   ONNX Runtime's CPU provider; :mod:`jointreg.inference.onnx_runtime`), and
   ``monai-voxelmorph-onnxruntime``: MONAI's VoxelMorph through the same path, for a like-for-like
-  ratio (MONAI itself runs in PyTorch).
+  ratio (MONAI itself runs in PyTorch);
+* ``fmirnet-fast`` (and its ``-channels-last`` / ``-onnxruntime`` forms): the registry's narrower
+  FMIRNet (8 / 16 channels at full / half resolution, 46 % of FMIRNet's FLOPs); its Dice is
+  measured by ``benchmarks/registration.py --part accuracy --accuracy-models fmirnet,fmirnet-fast``.
 
 Ratios: every jointreg model (``fmirnet*``) over every MONAI model, per round, median.
 
@@ -58,8 +61,9 @@ if str(REPO) not in sys.path:
 from jointreg.nets.registration import create_registration_net  # noqa: E402
 from jointreg.spatial import warp_labels  # noqa: E402
 
-MODELS = ["fmirnet", "fmirnet-channels-last", "fmirnet-onnxruntime", "monai-voxelmorph", "monai-voxelmorph-displacement",
-          "monai-localnet", "monai-voxelmorph-onnxruntime"]
+MODELS = ["fmirnet", "fmirnet-channels-last", "fmirnet-onnxruntime", "fmirnet-fast", "fmirnet-fast-channels-last",
+          "fmirnet-fast-onnxruntime", "monai-voxelmorph", "monai-voxelmorph-displacement", "monai-localnet",
+          "monai-voxelmorph-onnxruntime"]
 BATCHES = [1, 2, 4, 8, 16, 32]
 LABEL_CLASSES = 3
 

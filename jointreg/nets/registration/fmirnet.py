@@ -37,12 +37,17 @@ from jointreg.nets.registration.registry import register
 from jointreg.spatial.integrate import resize_flow
 
 DEFAULT_FEATURES = (16, 32, 32, 48, 64)
+# ``fmirnet-fast``: the full- and half-resolution levels narrowed, where almost all of the work
+# is (0.39 of FMIRNet's 0.84 GFLOP per 128² pair; the coarse levels, most of the parameters, kept).
+FAST_FEATURES = [8, 16, 32, 48, 64]
 
 
 @register("fmirnet", preset={"scales": 3}, description="FMIRNet, three scales fused with spatial attention")
 @register("fmirnet-3", preset={"scales": 3}, description="same as fmirnet")
 @register("fmirnet-2", preset={"scales": 2}, description="FMIRNet ablation: full and 1/2 scales")
 @register("fmirnet-1", preset={"scales": 1}, description="FMIRNet ablation: full scale only")
+@register("fmirnet-fast", preset={"scales": 3, "features": FAST_FEATURES},
+          description="FMIRNet with 8 / 16 channels at full / half resolution (46 % of the FLOPs)")
 @register(
     "fmirnet-diff", preset={"scales": 3, "diffeomorphic": True},
     description="FMIRNet, fused field integrated as a velocity",
