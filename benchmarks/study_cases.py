@@ -1,0 +1,169 @@
+"""Per-case figures of a finished study, kept as JSON so that a later seed can be paired with them.
+
+A study's tables pool each method's test volumes; the run folders behind them (per-case CSVs) are
+large and not part of the repository. This script writes what later comparisons need, small
+enough for ``results/``:
+
+    .venv/bin/python benchmarks/study_cases.py collect runs/study_chaos_seed2 --seed 2 \\
+        --label "seed 2" --out results/chaos_t2_liver_cases.json
+
+adds (or replaces) the study's entry ``"seed 2"``: for every method, each test volume's Dice /
+HD95 / ASSD of one class (``--class``, default the first foreground class in the CSVs) from
+``OUTPUT/pooled/<method>_seed<S>/per_case.csv``, and in 3D mode each volume's registration and
+identity Dice from the fold runs' ``evaluation/registration.json``. Then
+
+    .venv/bin/python benchmarks/study_cases.py pair results/chaos_t2_liver_cases.json \\
+        --entries "seed 0" "seed 2" --methods RUNet IUNet-refine
+
+prints paired Wilcoxon tests over the volumes both entries hold: each method against the other
+within every entry, the per-volume mean over the entries, and each method's entry-to-entry shift
+(JSON on stdout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from jointreg.metrics.compare import paired_wilcoxon  # noqa: E402
+from jointreg.utils.atomic import write_text  # noqa: E402
+
+METRICS = ("dice", "hd95", "assd")
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return round(value, 4) if value == value else None  # NaN (an empty prediction's distance) -> None
+
+
+def segmentation_cases(csv_path: Path, class_name: str | None) -> tuple[str, dict[str, dict]]:
+    """``(class, {case: {dice, hd95, assd}})`` of one pooled report."""
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"{csv_path}: no rows")
+    chosen = class_name or rows[0]["class"]
+    cases = {r["case"]: {m: _number(r[m]) for m in METRICS} for r in rows if r["class"] == chosen}
+    if not cases:
+        raise ValueError(f"{csv_path}: no rows of class {chosen!r}")
+    return chosen, cases
+
+
+def registration_cases(study: Path, method_slug: str, seed: int) -> dict[str, dict] | None:
+    """3D mode: each volume's fused-atlas Dice and the identity's, over the fold runs (``None``
+    for a method without that evaluation)."""
+    pooled: dict[str, dict] = {}
+    for run in sorted(study.glob(f"{method_slug}_seed{seed}_fold*")):
+        path = run / "evaluation" / "registration.json"
+        if not path.is_file():
+            continue
+        report = json.loads(path.read_text(encoding="utf-8"))
+        for group in ("training", "Ts"):
+            for case, values in (report.get(group) or {}).get("per_case", {}).items():
+                pooled.setdefault(group, {})[case] = {k: round(v, 4) for k, v in values.items()}
+    return pooled or None
+
+
+def collect(args: argparse.Namespace) -> int:
+    from jointreg.training.study import load_study
+
+    config, _ = load_study(args.study_yaml, args.set) if args.study_yaml else (None, None)
+    study = Path(args.study)
+    pooled = sorted((study / "pooled").glob(f"*_seed{args.seed}"))
+    if not pooled:
+        print(f"error: {study / 'pooled'}: no pooled reports of seed {args.seed}", file=sys.stderr)
+        return 2
+    names = {}
+    if config is not None:
+        from jointreg.training.study import slug
+
+        names = {slug(m): m for m in config.methods}
+    entry: dict = {"segmentation": {}, "registration": {}}
+    for folder in pooled:
+        method_slug = folder.name.rsplit("_seed", 1)[0]
+        method = names.get(method_slug, method_slug)
+        class_name, cases = segmentation_cases(folder / "per_case.csv", args.class_name)
+        entry["segmentation"][method] = cases
+        entry["class"] = class_name
+        registration = registration_cases(study, method_slug, args.seed)
+        if registration is not None:
+            entry["registration"][method] = registration
+    if not entry["registration"]:
+        del entry["registration"]
+    out = Path(args.out)
+    document = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {"studies": {}}
+    if args.protocol:
+        document["protocol"] = args.protocol
+    document.setdefault("studies", {})[args.label] = entry
+    write_text(out, json.dumps(document, indent=1) + "\n")
+    print(f"{out}: {args.label}: {len(entry['segmentation'])} method(s)")
+    return 0
+
+
+def _summary(a: list[float], b: list[float]) -> dict:
+    p, _ = paired_wilcoxon(a, b)
+    return {"n": len(a), "mean": round(statistics.fmean(b), 4), "other_mean": round(statistics.fmean(a), 4),
+            "difference": round(statistics.fmean(y - x for x, y in zip(a, b)), 4),
+            "better": sum(y > x for x, y in zip(a, b)), "worse": sum(y < x for x, y in zip(a, b)),
+            "p": None if p is None else round(p, 4)}
+
+
+def pair(args: argparse.Namespace) -> int:
+    document = json.loads(Path(args.json).read_text(encoding="utf-8"))
+    entries = [document["studies"][e]["segmentation"] for e in args.entries]
+    first, second = args.methods
+    cases = sorted(set.intersection(*(set(e[m]) for e in entries for m in args.methods)))
+    if not cases:
+        print("error: no test volume is in every entry for both methods", file=sys.stderr)
+        return 2
+
+    def values(entry: dict, method: str) -> list[float]:
+        return [entry[method][c][args.metric] for c in cases]
+
+    report: dict = {"metric": args.metric, "cases": cases, f"{second} - {first}": {}, "shift": {}}
+    for name, entry in zip(args.entries, entries):
+        report[f"{second} - {first}"][name] = _summary(values(entry, first), values(entry, second))
+    mean = {m: [statistics.fmean(v) for v in zip(*(values(e, m) for e in entries))] for m in args.methods}
+    report[f"{second} - {first}"]["mean of the entries per volume"] = _summary(mean[first], mean[second])
+    for method in args.methods:
+        report["shift"][method] = {
+            f"{later} - {args.entries[0]}": _summary(values(entries[0], method), values(entry, method))
+            for later, entry in zip(args.entries[1:], entries[1:])}
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("collect", help="a study's per-case figures into a results JSON")
+    c.add_argument("study", help="the study's output folder")
+    c.add_argument("--seed", type=int, required=True)
+    c.add_argument("--label", required=True, help="the entry's name in the JSON (e.g. 'seed 2')")
+    c.add_argument("--out", required=True)
+    c.add_argument("--class", dest="class_name", default=None)
+    c.add_argument("--protocol", default=None, help="the JSON's protocol line (where the figures are read)")
+    c.add_argument("--study-yaml", default=None, help="the study YAML, to name the methods as it does")
+    c.add_argument("--set", action="append", default=[], help="the study's --set overrides (method names)")
+    p = sub.add_parser("pair", help="paired tests between two methods over one or more entries")
+    p.add_argument("json")
+    p.add_argument("--entries", nargs="+", required=True)
+    p.add_argument("--methods", nargs=2, required=True, metavar=("BASELINE", "OTHER"))
+    p.add_argument("--metric", default="dice", choices=METRICS)
+    args = parser.parse_args(argv)
+    return collect(args) if args.command == "collect" else pair(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
