@@ -34,11 +34,14 @@ Part ``accuracy``: trains every architecture with the shipped registration-only 
 Data: a liver-CT phantom generated on the fly (``--phantom-cases`` training + 4 test volumes,
 seed 0) and ``DATA/chaos_t2`` converted with ``data_tools`` paired-nifti into ``--work`` (liver
 only; test volumes 10, 13, 15, 19, 20, the split of docs/design.md); each run holds one
-training volume out for model selection. ``identity`` needs no training. On a quiet 2-core CPU
+training volume out for model selection; ``--datasets echo`` adds the apical echo phantom (8 + 4
+loops, seed 0; frames are the slices, the end-diastolic LV registered onto every other frame of
+its loop: the FMIRNet paper's EchoNet protocol, ``recipes/registration_echo_phantom.yaml``; the
+tables' "liver" column is the LV there). ``identity`` needs no training. On a quiet 2-core CPU
 one model trains 800 steps (64², batch 8) in about a minute; the whole part takes ~15 min. Run::
 
     .venv/bin/python benchmarks/registration.py --part accuracy --threads 2 \
-        [--data ../shared/data] [--datasets phantom,chaos] [--steps 800] [--work DIR] \
+        [--data ../shared/data] [--datasets phantom,chaos[,echo]] [--steps 800] [--work DIR] \
         [--accuracy-models identity,voxelmorph,fmirnet-1,fmirnet-2,fmirnet,fmirnet-diff] \
         [--out results/registration_benchmark.json]   # also writes the .md next to it
 
@@ -317,10 +320,11 @@ def accuracy_model_names(text: str) -> list[str]:
     trainable = [n for n in REGISTRATION_NETS if is_trainable(n)]
     ordered = [n for n in ALL_ORDER if n in trainable]
     return ["identity", *ordered, *sorted(set(trainable) - set(ordered))]
-ACCURACY_DATASETS = ["phantom", "chaos"]
+ACCURACY_DATASETS = ["phantom", "chaos"]  # and "echo": the apical echo phantom (label 1 = the LV blood pool)
 CHAOS_TEST = ("10", "13", "15", "19", "20")
 LIVER = 1
-RECIPES = {"phantom": "registration_liver_phantom.yaml", "chaos": "registration_chaos_t2.yaml"}
+RECIPES = {"phantom": "registration_liver_phantom.yaml", "chaos": "registration_chaos_t2.yaml",
+           "echo": "registration_echo_phantom.yaml"}
 
 
 def prepare_dataset(name: str, args: argparse.Namespace) -> Path | None:
@@ -331,6 +335,11 @@ def prepare_dataset(name: str, args: argparse.Namespace) -> Path | None:
         return generate_phantom_dataset(
             args.work / "liver_phantom", "liver-ct", n_train=args.phantom_cases, n_test=4, seed=0, overwrite=True
         )
+    if name == "echo":  # frames are the slices: the largest-LV frame (end-diastole) onto every other frame
+        from jointreg.data.phantoms import generate_phantom_dataset
+
+        return generate_phantom_dataset(args.work / "echo_phantom", "echo-a4c", n_train=8, n_test=4, seed=0,
+                                        overwrite=True)
     source = args.data / "chaos_t2"
     if not source.is_dir():
         return None
