@@ -7,7 +7,8 @@ enough for ``results/``:
     .venv/bin/python benchmarks/study_cases.py collect runs/study_chaos_seed2 --seed 2 \\
         --label "seed 2" --out results/chaos_t2_liver_cases.json
 
-adds (or replaces) the study's entry ``"seed 2"``: for every method, each test volume's Dice /
+adds the study's methods to the entry ``"seed 2"`` (replacing those it already holds; methods of
+another study collected under the same label stay): for every method, each test volume's Dice /
 HD95 / ASSD of one class (``--class``, default the first foreground class in the CSVs) from
 ``OUTPUT/pooled/<method>_seed<S>/per_case.csv``, and in 3D mode each volume's registration and
 identity Dice from the fold runs' ``evaluation/registration.json``. Then
@@ -105,7 +106,11 @@ def collect(args: argparse.Namespace) -> int:
     document = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {"studies": {}}
     if args.protocol:
         document["protocol"] = args.protocol
-    document.setdefault("studies", {})[args.label] = entry
+    previous = document.setdefault("studies", {}).get(args.label, {})
+    for part in ("segmentation", "registration"):  # methods of another study under the same label are kept
+        if part in previous or part in entry:
+            entry[part] = {**previous.get(part, {}), **entry.get(part, {})}
+    document["studies"][args.label] = {**previous, **entry}
     write_text(out, json.dumps(document, indent=1) + "\n")
     print(f"{out}: {args.label}: {len(entry['segmentation'])} method(s)")
     return 0

@@ -59,3 +59,14 @@ def test_collect_refuses_a_study_without_that_seed(tmp_path, capsys):
     assert bench.main(["collect", str(tmp_path), "--seed", "3", "--label", "x", "--out", str(tmp_path / "o.json")]) == 2
     assert "no pooled reports of seed 3" in capsys.readouterr().err
     assert not (tmp_path / "o.json").exists()
+
+
+def test_two_studies_collected_under_one_label_keep_both_methods(tmp_path):
+    bench = _script()
+    out = tmp_path / "cases.json"
+    _pooled(tmp_path / "a", "runet", 0, {"c1": 0.6})
+    _pooled(tmp_path / "b", "iunet", 0, {"c1": 0.5})
+    for study in ("a", "b"):
+        assert bench.main(["collect", str(tmp_path / study), "--seed", "0", "--label", "even", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["studies"]["even"]["segmentation"] == {
+        "runet": {"c1": {"dice": 0.6, "hd95": 6.0, "assd": 0.3}}, "iunet": {"c1": {"dice": 0.5, "hd95": 5.0, "assd": 0.25}}}
