@@ -13,7 +13,8 @@ share the machine's conditions:
   ``bfloat16`` (``after`` with the recipe's ``precision: bfloat16``, autocast forward passes;
   fast where the CPU has bfloat16 matrix units, :func:`jointreg.training.precision.native_bfloat16`)
   and ``after-cl`` / ``bfloat16-cl`` (the same with both networks' weights in channels-last
-  memory format);
+  memory format; ``bfloat16-cl`` is what the training loop does with ``precision: bfloat16``,
+  :func:`jointreg.training.precision.use_channels_last`);
   each with its ratio to the first variant;
 * **the parts** of a step, each timed on its own in float32 with the last variant's optimiser: drawing the batch
   (pairs and tensors; annotated slices with augmentation), the registration-derived groups
