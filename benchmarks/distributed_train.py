@@ -156,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         "load_average": os.getloadavg(), "cpus": os.cpu_count(), "configs": trained, "training": ratios,
         "pseudolabel": pseudolabel_throughput(Path(trained["1p2t"]["run"]), dataset, work, args.cases),
     }
+    for config in trained.values():  # the report names runs inside the work folder, not where that was
+        config["run"] = "WORK/" + Path(os.path.relpath(config["run"], work)).as_posix()
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -17,7 +17,7 @@ reductions may be ordered differently from run to run and no two runs would be i
 
 Usage:
   .venv/bin/python benchmarks/kill_train.py                       # 12 trials, seed 0
-  .venv/bin/python benchmarks/kill_train.py --trials 3 --seed 1 --work /tmp/kill_train
+  .venv/bin/python benchmarks/kill_train.py --trials 3 --seed 1 --work WORK
 
 ``tests/reliability/test_train_kill.py`` runs two trials of the same protocol.
 """
