@@ -125,8 +125,19 @@ def _summary(a: list[float], b: list[float]) -> dict:
 
 
 def pair(args: argparse.Namespace) -> int:
-    document = json.loads(Path(args.json).read_text(encoding="utf-8"))
-    entries = [document["studies"][e]["segmentation"] for e in args.entries]
+    path = Path(args.json)
+    if not path.is_file():
+        print(f"error: {path}: no such file", file=sys.stderr)
+        return 2
+    studies = json.loads(path.read_text(encoding="utf-8")).get("studies", {})
+    for name in args.entries:
+        missing = [m for m in args.methods if m not in studies.get(name, {}).get("segmentation", {})]
+        if name not in studies or missing:
+            what = f"no entry {name!r} (entries: {', '.join(studies)})" if name not in studies else \
+                f"entry {name!r} has no method {missing[0]!r} (methods: {', '.join(studies[name]['segmentation'])})"
+            print(f"error: {path}: {what}", file=sys.stderr)
+            return 2
+    entries = [studies[e]["segmentation"] for e in args.entries]
     first, second = args.methods
     cases = sorted(set.intersection(*(set(e[m]) for e in entries for m in args.methods)))
     if not cases:

@@ -155,10 +155,9 @@ def _train_in(recipe: Recipe, paths: RunPaths, ctx: Distributed, device: torch.d
                     paths.root, started, recipe.precision, precision)
         precision = started
     for role in nets.roles:
-        if role.trains and use_channels_last(role.net, precision):  # before DDP sees the weights
-            log.info("%s: channels-last weights (mixed precision)", role.name)
-    for role in nets.roles:
         if role.trains:
+            if use_channels_last(role.net, precision):  # before DDP sees the weights
+                log.info("%s: channels-last weights (mixed precision)", role.name)
             role.trainer = ctx.wrap(role.net, device, unused_parameters=role.name == REGISTRATION) if ctx.active else None
             if precision != "float32":
                 role.precision = MixedPrecision(precision, device)

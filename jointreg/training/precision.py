@@ -13,7 +13,7 @@ convolutions in bfloat16 (``benchmarks/train_steps.py --variants after,bfloat16`
 results/registration_speed.md). On other CPUs bfloat16 is emulated and slower than float32: a
 warning says so. In mixed precision a 2D network trains with its weights in channels-last memory
 format (:func:`use_channels_last`): oneDNN's bfloat16 convolutions run fastest on NHWC tensors
-(1.1–1.6× over bfloat16 in NCHW on this project's networks, results/registration_speed.md); the
+(1.05–1.6× over bfloat16 in NCHW on this project's networks, results/registration_speed.md); the
 values are the same, only their order in memory differs.
 """
 

@@ -70,3 +70,15 @@ def test_two_studies_collected_under_one_label_keep_both_methods(tmp_path):
         assert bench.main(["collect", str(tmp_path / study), "--seed", "0", "--label", "even", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["studies"]["even"]["segmentation"] == {
         "runet": {"c1": {"dice": 0.6, "hd95": 6.0, "assd": 0.3}}, "iunet": {"c1": {"dice": 0.5, "hd95": 5.0, "assd": 0.25}}}
+
+
+def test_pair_names_a_missing_entry_or_method(tmp_path, capsys):
+    bench = _script()
+    out = tmp_path / "cases.json"
+    _pooled(tmp_path / "a", "runet", 0, {"c1": 0.6})
+    assert bench.main(["collect", str(tmp_path / "a"), "--seed", "0", "--label", "s0", "--out", str(out)]) == 0
+    assert bench.main(["pair", str(out), "--entries", "s9", "--methods", "runet", "iunet"]) == 2
+    assert "no entry 's9' (entries: s0)" in capsys.readouterr().err
+    assert bench.main(["pair", str(out), "--entries", "s0", "--methods", "runet", "iunet"]) == 2
+    assert "entry 's0' has no method 'iunet' (methods: runet)" in capsys.readouterr().err
+    assert bench.main(["pair", str(tmp_path / "none.json"), "--entries", "s0", "--methods", "a", "b"]) == 2
