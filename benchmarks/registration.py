@@ -529,12 +529,42 @@ def accuracy_setting(setting: str, args: argparse.Namespace) -> dict:
             "eval_cpu_seconds": round(cpu_seconds() - c0, 1),
             "loop_evaluation_radius": summary.get("evaluation", {}).get("registration"),
         }
+        for backend in args.backends:
+            if backend != "torch":
+                report["models"][f"{name} [{backend}]"] = backend_row(model, backend, dataset, recipe, field)
+                trained[f"{name} [{backend}]"] = (model_with_backend(model, backend), tuple(recipe.data.size))
     speed = interleaved_speed(trained, resolve_device(args.device), args.seconds)
     for name, rates in speed.items():
         report["models"][name]["pairs_per_s"] = rates
     report["wall_seconds"] = round(time.perf_counter() - started, 1)
     report["cpu_seconds"] = round(cpu_seconds() - started_cpu, 1)
     return report
+
+
+def model_with_backend(model, backend: str):
+    """The loaded ``model`` with its network run by ``backend`` (``--backend`` of ``register``)."""
+    from dataclasses import replace
+
+    from jointreg.inference.onnx_runtime import registration_backend
+
+    return replace(model, model=registration_backend(model.model, backend))
+
+
+def backend_row(model, backend: str, dataset: Path, recipe, torch_field: dict) -> dict:
+    """The field protocol with the same trained network run by ``backend``, paired per pair
+    against PyTorch float32 (``torch_field``): the Dice a faster backend costs or not."""
+    import numpy as np
+    from scipy.stats import wilcoxon
+
+    t0 = time.perf_counter()
+    field = field_protocol(model_with_backend(model, backend), dataset, radius=recipe.pairs.radius)
+    difference = np.array(field["per_pair_dice"]) - np.array(torch_field["per_pair_dice"])
+    return {"backend": backend, "parameters": sum(p.numel() for p in model.model.parameters()),
+            "field_protocol": field, "eval_seconds": round(time.perf_counter() - t0, 1),
+            "versus_torch": {"dice_difference": round(float(difference.mean()), 5),
+                             "max_abs_pair_difference": round(float(np.abs(difference).max()), 5),
+                             "pairs_better": int((difference > 0).sum()), "pairs_worse": int((difference < 0).sum()),
+                             "wilcoxon_p": float(wilcoxon(difference).pvalue) if np.any(difference != 0) else 1.0}}
 
 
 TIMING_FILE = "benchmark_train_seconds.json"  # [wall, cpu] of the training, for reuse
@@ -629,6 +659,14 @@ def accuracy_markdown(report: dict, command: str) -> str:
             pairs = next(iter(result["models"].values()))["field_protocol"]
             lines += ["", f"{pairs['pairs']} pairs in {pairs['volumes']} test volumes; data set {result['dataset']}; "
                       f"wall time {result['wall_seconds']:.0f} s, CPU time {result['cpu_seconds']:.0f} s.", ""]
+            backends = {name: row["versus_torch"] for name, row in result["models"].items() if row.get("versus_torch")}
+            if backends:
+                lines += [f"Backends ({setting}): the same trained network, paired per pair against PyTorch float32.", "",
+                          "| model [backend] | Dice difference | largest pair difference | pairs better / worse | Wilcoxon p |",
+                          "|---|---|---|---|---|"]
+                lines += [f"| {name} | {v['dice_difference']:+.5f} | {v['max_abs_pair_difference']:.5f} | "
+                          f"{v['pairs_better']} / {v['pairs_worse']} | {v['wilcoxon_p']:.2g} |" for name, v in backends.items()]
+                lines.append("")
             crossed = {name: row["cross_volume"] for name, row in result["models"].items() if row.get("cross_volume")}
             if crossed:
                 lines += [f"Cross-volume pairs ({setting}): the moving slice from the next test volume, the same fixed slices.", "",
@@ -767,6 +805,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="accuracy: identity and registry names, or 'all' (every registry network)")
     parser.add_argument("--cross-volume", action="store_true",
                         help="accuracy: also the cross-volume protocol (moving slice from another test volume)")
+    parser.add_argument("--backends", type=lambda v: [b.strip() for b in v.split(",") if b.strip()], default=["torch"],
+                        help="accuracy: also evaluate every trained network with these backends of `register` "
+                             "(e.g. torch,torch-bfloat16), paired per pair against torch")
     parser.add_argument("--steps", type=int, default=800, help="accuracy: training steps per model")
     parser.add_argument("--rounds", type=int, default=4, help="accuracy: validations (model selection) per run")
     parser.add_argument("--phantom-cases", type=int, default=8, help="accuracy: phantom training volumes (+4 test)")
@@ -798,6 +839,10 @@ def main(argv: list[str] | None = None) -> int:
     from jointreg.errors import ConfigError
 
     try:
+        from jointreg.inference.onnx_runtime import check_backend
+
+        for backend in args.backends:  # before any training
+            check_backend(backend, args.device)
         for part, fn in PARTS.items():
             if args.part in (part, "all"):
                 report[part] = fn(args)

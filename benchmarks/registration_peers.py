@@ -16,6 +16,10 @@ image; the label warp is timed separately and is the same for all):
   ONNX Runtime's CPU provider; :mod:`jointreg.inference.onnx_runtime`), and
   ``monai-voxelmorph-onnxruntime``: MONAI's VoxelMorph through the same path, for a like-for-like
   ratio (MONAI itself runs in PyTorch);
+* ``fmirnet-bfloat16``: FMIRNet as ``--backend torch-bfloat16`` runs it (bfloat16 autocast,
+  channels-last weights, float32 outputs; :mod:`jointreg.inference.autocast`), and
+  ``monai-voxelmorph-bfloat16``: MONAI's VoxelMorph wrapped the same way, for a like-for-like
+  ratio. Only meaningful on a CPU with bfloat16 matrix units (AMX, AVX512-BF16);
 * ``fmirnet-fast`` (and its ``-channels-last`` / ``-onnxruntime`` forms): the registry's narrower
   FMIRNet (8 / 16 channels at full / half resolution, 46 % of FMIRNet's FLOPs); its Dice is
   measured by ``benchmarks/registration.py --part accuracy --accuracy-models fmirnet,fmirnet-fast``.
@@ -61,9 +65,9 @@ if str(REPO) not in sys.path:
 from jointreg.nets.registration import create_registration_net  # noqa: E402
 from jointreg.spatial import warp_labels  # noqa: E402
 
-MODELS = ["fmirnet", "fmirnet-channels-last", "fmirnet-onnxruntime", "fmirnet-fast", "fmirnet-fast-channels-last",
-          "fmirnet-fast-onnxruntime", "monai-voxelmorph", "monai-voxelmorph-displacement", "monai-localnet",
-          "monai-voxelmorph-onnxruntime"]
+MODELS = ["fmirnet", "fmirnet-channels-last", "fmirnet-onnxruntime", "fmirnet-bfloat16", "fmirnet-fast",
+          "fmirnet-fast-channels-last", "fmirnet-fast-onnxruntime", "monai-voxelmorph", "monai-voxelmorph-displacement",
+          "monai-localnet", "monai-voxelmorph-onnxruntime", "monai-voxelmorph-bfloat16"]
 BATCHES = [1, 2, 4, 8, 16, 32]
 LABEL_CLASSES = 3
 
@@ -109,6 +113,10 @@ class AsRegistrationOutput(nn.Module):
 
 
 def build(name: str) -> nn.Module:
+    if name.endswith("-bfloat16"):
+        from jointreg.inference.autocast import Bfloat16Inference
+
+        return Bfloat16Inference(build(name.removesuffix("-bfloat16")).eval())
     if name.endswith("-onnxruntime"):
         from jointreg.inference.onnx_runtime import OnnxRuntimeRegistration
 

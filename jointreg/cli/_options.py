@@ -27,11 +27,13 @@ def add_inference_options(parser: argparse.ArgumentParser, *, batch_unit: str) -
 
 
 def add_backend_option(parser: argparse.ArgumentParser) -> None:
-    """``--backend torch|onnxruntime`` (:mod:`jointreg.inference.onnx_runtime`)."""
-    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
-                        help="what runs the networks: torch (default) or onnxruntime (CPU; each network exported in "
-                             "memory once per input size and checked against torch; the registration network "
-                             "registers 1.5-2.4x the pairs/s here; needs pip install 'jointreg[export]')")
+    """``--backend torch|torch-bfloat16|onnxruntime`` (:mod:`jointreg.inference.onnx_runtime`,
+    :mod:`jointreg.inference.autocast`)."""
+    parser.add_argument("--backend", choices=("torch", "torch-bfloat16", "onnxruntime"), default="torch",
+                        help="what runs the networks: torch (default); torch-bfloat16 (bfloat16 autocast, outputs "
+                             "in float32; only where bfloat16 is computed in hardware: CPUs with AMX or "
+                             "AVX512-BF16, recent GPUs); or onnxruntime (CPU; each network exported in memory "
+                             "once per input size and checked against torch; needs pip install 'jointreg[export]')")
 
 
 def add_shard_options(parser: argparse.ArgumentParser, *, finished: str) -> None:

@@ -29,14 +29,15 @@ import warnings
 import torch
 from torch import nn
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "torch-bfloat16", "onnxruntime")
 
 
 def check_backend(backend: str, device: str | None = None) -> None:
-    """Refuse an unknown backend, ONNX Runtime on a GPU, or ONNX Runtime without its packages.
+    """Refuse an unknown backend, ONNX Runtime on a GPU or without its packages, or bfloat16
+    where it is not computed in hardware (:func:`jointreg.inference.autocast.check_bfloat16`).
 
     Raises:
-        ConfigError: with the valid choices or the pip command.
+        ConfigError: with the valid choices, the pip command or the backend to use instead.
     """
     from jointreg.errors import ConfigError
 
@@ -48,6 +49,10 @@ def check_backend(backend: str, device: str | None = None) -> None:
         from jointreg.export.onnx import require_onnx
 
         require_onnx()
+    if backend == "torch-bfloat16":
+        from jointreg.inference.autocast import check_bfloat16
+
+        check_bfloat16(device)
 
 
 class _OnnxRuntimeModule(nn.Module):
@@ -197,14 +202,26 @@ class OnnxRuntimeSegmentor(_OnnxRuntimeModule):
 
 def registration_backend(net: nn.Module, backend: str) -> nn.Module:
     """``net`` for inference with ``backend``: PyTorch in its fastest layout
-    (:func:`jointreg.inference.run_models.for_inference`), or the ONNX Runtime wrapper."""
+    (:func:`jointreg.inference.run_models.for_inference`), under bfloat16 autocast, or the ONNX
+    Runtime wrapper."""
     from jointreg.inference.run_models import for_inference
 
-    if backend == "onnxruntime" and any(True for _ in net.parameters()):  # nothing to gain for the identity
+    if not any(True for _ in net.parameters()):  # nothing to gain for the identity
+        return net
+    if backend == "onnxruntime":
         return OnnxRuntimeRegistration(net)
+    if backend == "torch-bfloat16":
+        from jointreg.inference.autocast import Bfloat16Inference
+
+        return Bfloat16Inference(net)
     return for_inference(net)
 
 
 def segmentor_backend(net: nn.Module, backend: str) -> nn.Module:
-    """``net`` for inference with ``backend``: as it is, or the ONNX Runtime wrapper."""
+    """``net`` for inference with ``backend``: as it is, under bfloat16 autocast, or the ONNX
+    Runtime wrapper."""
+    if backend == "torch-bfloat16":
+        from jointreg.inference.autocast import Bfloat16Inference
+
+        return Bfloat16Inference(net)
     return OnnxRuntimeSegmentor(net) if backend == "onnxruntime" else net

@@ -43,9 +43,11 @@ class PseudolabelSettings:
         refine: Adam steps of instance optimisation of every registered pair's field
             (:mod:`jointreg.inference.refine`); ``None``: :data:`DEFAULT_REFINE` in
             ``registration`` mode, 0 otherwise.
-        backend: what runs the registration network: ``torch`` or ``onnxruntime``
+        backend: what runs the registration network: ``torch``, ``onnxruntime``
             (:mod:`jointreg.inference.onnx_runtime`; CPU only, the same labels to float
-            rounding, so not one of :meth:`result_settings`). The segmentor runs in PyTorch.
+            rounding, so not one of :meth:`result_settings`) or ``torch-bfloat16``
+            (:mod:`jointreg.inference.autocast`; labels that may differ, so it is one). The
+            segmentor runs in PyTorch.
     """
 
     mode: str = "fusion"
@@ -83,8 +85,11 @@ class PseudolabelSettings:
         """The settings that change the labels (checked when a run is resumed)."""
         per_side = self.source_slices if self.propagation == "direct" else 1
         verify = self.verify if self.mode == "registration" else None
-        return {"mode": self.mode, "propagation": self.propagation, "source_slices": per_side, "verify": verify,
-                "refine": self.refine}
+        settings = {"mode": self.mode, "propagation": self.propagation, "source_slices": per_side, "verify": verify,
+                    "refine": self.refine}
+        if self.backend == "torch-bfloat16" and self.mode != "segmentor":  # (absent: float32, as before)
+            settings["precision"] = "bfloat16"
+        return settings
 
 
 @dataclass(frozen=True)

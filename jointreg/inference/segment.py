@@ -287,8 +287,10 @@ def segment_inputs(
             already done (see above) is an error raised before anything is written.
         shard: segment only this shard's cases; ``None``: every case.
         progress: show a progress bar.
-        backend: ``torch`` or ``onnxruntime`` (:mod:`jointreg.inference.onnx_runtime`; CPU,
-            the same labels to float rounding, so not one of the job's settings).
+        backend: ``torch``, ``onnxruntime`` (:mod:`jointreg.inference.onnx_runtime`; CPU,
+            the same labels to float rounding, so not one of the job's settings) or
+            ``torch-bfloat16`` (:mod:`jointreg.inference.autocast`; labels that may differ, so
+            the job's settings record it).
 
     Returns:
         The manifest written to ``segmentation.json``, plus ``already_done`` (cases kept from an
@@ -322,6 +324,7 @@ def segment_inputs(
     torch_device = resolve_device(device)
     loaded = _load_segmentor(folder, torch_device)
     settings = job_settings(folder, loaded, probabilities)
+    settings["precision"] = "bfloat16" if backend == "torch-bfloat16" else "float32"
     loaded.model = segmentor_backend(loaded.model, backend)
     planned = [item.case for item in items]
     mine = _shard_items(items, shard)

@@ -123,8 +123,16 @@ def _part_paths(out: Path) -> list[Path]:
     return sorted(out.glob("segmentation.shard-*-of-*.json")) if out.is_dir() else []
 
 
+# Settings that manifests of earlier versions do not record, with the value they had then.
+SETTING_DEFAULTS = {"precision": "float32"}
+
+
+def _recorded(manifest: Mapping[str, Any], key: str) -> Any:
+    return manifest.get(key, SETTING_DEFAULTS.get(key))
+
+
 def _same(manifest: Mapping[str, Any], settings: Mapping[str, Any]) -> bool:
-    return bool(manifest) and all(manifest.get(k) == v for k, v in settings.items())
+    return bool(manifest) and all(_recorded(manifest, k) == v for k, v in settings.items())
 
 
 def _records(out: Path, settings: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -191,7 +199,7 @@ def _incompatible(found: Any, settings: Mapping[str, Any], cases: Sequence[str] 
     """
     if not isinstance(found, dict) or not isinstance(found.get("cases"), dict):
         return "is not a jointreg segment manifest"
-    differs = [k for k in settings if found.get(k) != settings[k]]
+    differs = [k for k in settings if _recorded(found, k) != settings[k]]
     if differs:
         return f"was made with other settings (differs in: {', '.join(differs)})"
     if cases is not None:

@@ -27,22 +27,11 @@ from typing import Any
 
 import torch
 
+from jointreg.utils.device import bfloat16_in_hardware, native_bfloat16
+
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 log = logging.getLogger(__name__)
-
-
-@functools.cache
-def native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether this CPU computes bfloat16 matrix products in hardware (Intel AMX or AVX512-BF16,
-    read from the kernel's CPU flags; ``False`` where they cannot be read) and oneDNN can use them."""
-    try:
-        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return any(flag in flags for flag in _CPU_BF16_FLAGS) and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 @functools.cache
@@ -59,11 +48,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return precision
     if device.type == "cpu":
         return "bfloat16" if native_bfloat16() else "float32"
-    if device.type == "cuda":
-        with torch.cuda.device(device):  # that GPU, in hardware (not emulated, as on V100 or T4)
-            native = torch.cuda.is_bf16_supported(including_emulation=False)
-        return "bfloat16" if native else "float32"
-    return "float32"
+    return "bfloat16" if bfloat16_in_hardware(device) else "float32"
 
 
 class MixedPrecision:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 from typing import Any
@@ -82,3 +83,33 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
+
+
+_CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@functools.cache
+def native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bfloat16 matrix products in hardware (Intel AMX or AVX512-BF16,
+    read from the kernel's CPU flags; ``False`` where they cannot be read) and oneDNN can use them."""
+    import torch
+
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return any(flag in flags for flag in _CPU_BF16_FLAGS) and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def bfloat16_in_hardware(device) -> bool:
+    """Whether ``device`` computes bfloat16 in hardware: a CPU with bfloat16 matrix units
+    (:func:`native_bfloat16`), a CUDA GPU with native bfloat16 (not emulated, as on V100 or T4)."""
+    import torch
+
+    if device.type == "cpu":
+        return native_bfloat16()
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    return False
