@@ -146,3 +146,19 @@ def test_field_formats_match_the_library():
     from jointreg.inference.register_output import FIELD_FORMATS
 
     assert command.FIELD_FORMATS == FIELD_FORMATS
+
+
+def test_bfloat16_backend_where_it_is_emulated_is_one_line(pair, tmp_path, capsys, monkeypatch):
+    import jointreg.utils.device as device
+
+    model, moving, fixed, _ = pair
+    monkeypatch.setattr(device, "bfloat16_in_hardware", lambda _device: False)
+    out = tmp_path / "out"
+    code = main(["register", "--model", str(model), str(moving), str(fixed), "--out", str(out), "--device", "cpu",
+                 "--backend", "torch-bfloat16"])
+    assert code == 2 and not out.exists()
+    assert "no bfloat16 matrix units" in _error(capsys)
+    monkeypatch.setattr(device, "bfloat16_in_hardware", lambda _device: True)
+    assert main(["register", "--model", str(model), str(moving), str(fixed), "--out", str(out), "--device", "cpu",
+                 "--backend", "torch-bfloat16"]) == 0
+    assert json.loads((out / "register.json").read_text())["backend"] == "torch-bfloat16"
