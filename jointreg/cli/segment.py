@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
     shard = chosen_shard(args)
     if args.merge:
-        manifest = merge_segmentations(args.model, args.inputs, args.out, probabilities=args.probabilities)
+        manifest = merge_segmentations(args.model, args.inputs, args.out, probabilities=args.probabilities,
+                                       backend=args.backend)
         print(f"merged {len(manifest['cases'])} volume(s) in {args.out}: every volume is finished, segmentation.json complete")
         return 0
     manifest = segment_inputs(

@@ -323,8 +323,7 @@ def segment_inputs(
     targets = output_files(out, probabilities)
     torch_device = resolve_device(device)
     loaded = _load_segmentor(folder, torch_device)
-    settings = job_settings(folder, loaded, probabilities)
-    settings["precision"] = "bfloat16" if backend == "torch-bfloat16" else "float32"
+    settings = job_settings(folder, loaded, probabilities, backend)
     loaded.model = segmentor_backend(loaded.model, backend)
     planned = [item.case for item in items]
     mine = _shard_items(items, shard)

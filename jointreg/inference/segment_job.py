@@ -77,8 +77,9 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def job_settings(folder: Path, loaded: Any, probabilities: bool) -> dict[str, Any]:
-    """What a result depends on (checked when a call resumes, or a shard joins)."""
+def job_settings(folder: Path, loaded: Any, probabilities: bool, backend: str = "torch") -> dict[str, Any]:
+    """What a result depends on (checked when a call resumes, or a shard joins). The backend
+    enters as a precision: ONNX Runtime gives PyTorch's labels to rounding, bfloat16 does not."""
     from jointreg.export.model_folder import WEIGHTS_NAME
 
     return {
@@ -88,6 +89,7 @@ def job_settings(folder: Path, loaded: Any, probabilities: bool) -> dict[str, An
         "modality": loaded.modality,
         "preprocessing": loaded.preprocessing,
         "probabilities": "probabilities/{case}.nii.gz: float32 (X, Y, Z, K), class k in volume k" if probabilities else None,
+        "precision": "bfloat16" if backend == "torch-bfloat16" else "float32",
     }
 
 
@@ -357,13 +359,14 @@ def merge_segmentations(
     out: str | PathLike[str],
     *,
     probabilities: bool = False,
+    backend: str = "torch",
 ) -> dict[str, Any]:
     """Finish the output of sharded calls: check that every case is finished, then write the
     complete ``segmentation.json`` (segments nothing, replaces no result).
 
     The last shard to finish already does this when it sees every case finished; the merge is
     for shards that could not see each other's records in time (a network file system) or to
-    check a folder. It takes the shards' own model, inputs and ``probabilities``.
+    check a folder. It takes the shards' own model, inputs, ``probabilities`` and ``backend``.
 
     Returns:
         :func:`~jointreg.inference.segment.segment_inputs`' result (every case already done).
@@ -378,7 +381,7 @@ def merge_segmentations(
     out = Path(out)
     items = collect_inputs(inputs)
     check_output_folder(out, items, [Path(p) for p in inputs])
-    settings = job_settings(folder, load_model_folder(folder, device="cpu", kind="segmentor"), probabilities)
+    settings = job_settings(folder, load_model_folder(folder, device="cpu", kind="segmentor"), probabilities, backend)
     if not out.is_dir():
         raise InputError(out, "not found: nothing to merge (run the shards first)")
     if not (out / MANIFEST_NAME).is_file() and not _part_paths(out):

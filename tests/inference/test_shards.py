@@ -326,6 +326,8 @@ def test_merge_segmentations_names_the_missing_cases_then_completes_the_manifest
     for path in [*other.glob("*.nii.gz"), *(other / "probabilities").iterdir(), other / "segmentation.shard-1-of-2.json"]:
         target = out / path.relative_to(other)
         shutil.copyfile(path, target)
+    with pytest.raises(InputError, match=r"other settings \(differs in: precision\)"):  # float32 shards
+        merge_segmentations(scans["model"], [scans["images"]], out, probabilities=True, backend="torch-bfloat16")
     summary = merge_segmentations(scans["model"], [scans["images"]], out, probabilities=True)
     assert (summary["complete"], sorted(summary["cases"]), summary["missing"]) == (True, CASES, [])
     assert _digests(out) == _digests(scans["reference"])
