@@ -18,7 +18,13 @@ identity Dice from the fold runs' ``evaluation/registration.json``. Then
 
 prints paired Wilcoxon tests over the volumes both entries hold: each method against the other
 within every entry, the per-volume mean over the entries, and each method's entry-to-entry shift
-(JSON on stdout).
+(JSON on stdout). Trainings run outside a study (one run per fold, with a study method's
+settings) are added with
+
+    .venv/bin/python benchmarks/study_cases.py collect-runs RUN_FOLD1 RUN_FOLD2 --method RUNet-chain \
+        --label "seed 0" --class mean --out results/ms_cmr_cv_cases.json
+
+``--class mean`` keeps the mean over each case's classes (the cardiac figure) instead of one class.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from jointreg.metrics.compare import paired_wilcoxon  # noqa: E402
 from jointreg.utils.atomic import write_text  # noqa: E402
 
 METRICS = ("dice", "hd95", "assd")
+MEAN = "mean"  # --class mean: the mean over the classes of each case
 
 
 def _number(text: str) -> float | None:
@@ -49,16 +56,27 @@ def _number(text: str) -> float | None:
 
 
 def segmentation_cases(csv_path: Path, class_name: str | None) -> tuple[str, dict[str, dict]]:
-    """``(class, {case: {dice, hd95, assd}})`` of one pooled report."""
+    """``(class, {case: {dice, hd95, assd}})`` of one per-case report. ``class_name`` ``"mean"``
+    averages each case's classes (a distance over the classes where it is defined)."""
     with open(csv_path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     if not rows:
         raise ValueError(f"{csv_path}: no rows")
+    if class_name == MEAN:
+        by_case: dict[str, list[dict]] = {}
+        for r in rows:
+            by_case.setdefault(r["case"], []).append({m: _number(r[m]) for m in METRICS})
+        return MEAN, {case: {m: _mean([v[m] for v in values]) for m in METRICS} for case, values in by_case.items()}
     chosen = class_name or rows[0]["class"]
     cases = {r["case"]: {m: _number(r[m]) for m in METRICS} for r in rows if r["class"] == chosen}
     if not cases:
         raise ValueError(f"{csv_path}: no rows of class {chosen!r}")
     return chosen, cases
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(statistics.fmean(known), 4) if known else None
 
 
 def registration_cases(study: Path, method_slug: str, seed: int) -> dict[str, dict] | None:
@@ -102,18 +120,42 @@ def collect(args: argparse.Namespace) -> int:
             entry["registration"][method] = registration
     if not entry["registration"]:
         del entry["registration"]
-    out = Path(args.out)
+    _store(Path(args.out), args.label, entry, args.protocol)
+    return 0
+
+
+def collect_runs(args: argparse.Namespace) -> int:
+    """One method's per-case figures from single runs (one per fold), e.g. trainings run outside
+    a study with a study method's settings."""
+    cases: dict[str, dict] = {}
+    class_name = None
+    for run in map(Path, args.runs):
+        path = run / "evaluation" / "per_case.csv"
+        if not path.is_file():
+            print(f"error: {path}: no per-case report (has the run finished its evaluation?)", file=sys.stderr)
+            return 2
+        class_name, found = segmentation_cases(path, args.class_name)
+        twice = sorted(set(found) & set(cases))
+        if twice:
+            print(f"error: {path}: case {twice[0]} is already in another of the runs given", file=sys.stderr)
+            return 2
+        cases.update(found)
+    _store(Path(args.out), args.label, {"segmentation": {args.method: cases}, "class": class_name}, args.protocol)
+    return 0
+
+
+def _store(out: Path, label: str, entry: dict, protocol: str | None) -> None:
+    """Adds ``entry`` to the JSON's entry ``label``; methods it does not hold stay."""
     document = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {"studies": {}}
-    if args.protocol:
-        document["protocol"] = args.protocol
-    previous = document.setdefault("studies", {}).get(args.label, {})
+    if protocol:
+        document["protocol"] = protocol
+    previous = document.setdefault("studies", {}).get(label, {})
     for part in ("segmentation", "registration"):  # methods of another study under the same label are kept
         if part in previous or part in entry:
             entry[part] = {**previous.get(part, {}), **entry.get(part, {})}
-    document["studies"][args.label] = {**previous, **entry}
+    document["studies"][label] = {**previous, **entry}
     write_text(out, json.dumps(document, indent=1) + "\n")
-    print(f"{out}: {args.label}: {len(entry['segmentation'])} method(s)")
-    return 0
+    print(f"{out}: {label}: {len(entry['segmentation'])} method(s)")
 
 
 def _summary(a: list[float], b: list[float]) -> dict:
@@ -168,17 +210,25 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--seed", type=int, required=True)
     c.add_argument("--label", required=True, help="the entry's name in the JSON (e.g. 'seed 2')")
     c.add_argument("--out", required=True)
-    c.add_argument("--class", dest="class_name", default=None)
+    c.add_argument("--class", dest="class_name", default=None,
+                   help="the class to keep (default: the first); 'mean': the mean over the classes")
     c.add_argument("--protocol", default=None, help="the JSON's protocol line (where the figures are read)")
     c.add_argument("--study-yaml", default=None, help="the study YAML, to name the methods as it does")
     c.add_argument("--set", action="append", default=[], help="the study's --set overrides (method names)")
+    r = sub.add_parser("collect-runs", help="one method's per-case figures from single runs (one per fold)")
+    r.add_argument("runs", nargs="+", help="run folders with evaluation/per_case.csv")
+    r.add_argument("--method", required=True, help="the method's name in the JSON")
+    r.add_argument("--label", required=True)
+    r.add_argument("--out", required=True)
+    r.add_argument("--class", dest="class_name", default=None)
+    r.add_argument("--protocol", default=None)
     p = sub.add_parser("pair", help="paired tests between two methods over one or more entries")
     p.add_argument("json")
     p.add_argument("--entries", nargs="+", required=True)
     p.add_argument("--methods", nargs=2, required=True, metavar=("BASELINE", "OTHER"))
     p.add_argument("--metric", default="dice", choices=METRICS)
     args = parser.parse_args(argv)
-    return collect(args) if args.command == "collect" else pair(args)
+    return {"collect": collect, "collect-runs": collect_runs, "pair": pair}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -82,3 +82,43 @@ def test_pair_names_a_missing_entry_or_method(tmp_path, capsys):
     assert bench.main(["pair", str(out), "--entries", "s0", "--methods", "runet", "iunet"]) == 2
     assert "entry 's0' has no method 'iunet' (methods: runet)" in capsys.readouterr().err
     assert bench.main(["pair", str(tmp_path / "none.json"), "--entries", "s0", "--methods", "a", "b"]) == 2
+
+
+def _run(folder: Path, rows: str) -> Path:
+    (folder / "evaluation").mkdir(parents=True)
+    (folder / "evaluation" / "per_case.csv").write_text(HEADER + rows)
+    return folder
+
+
+def test_collect_runs_merges_the_folds_and_averages_the_classes(tmp_path, capsys):
+    bench = _script()
+    out = tmp_path / "cases.json"
+    # case a: rv 0.6 / lv 0.8, hd95 4 and undefined (an empty prediction) -> dice 0.7, hd95 4
+    fold0 = _run(tmp_path / "f0", "a,rv,0.6,9,4,1,false,ok,1,10,9\na,lv,0.8,9,nan,nan,true,ok,3,10,0\n")
+    fold1 = _run(tmp_path / "f1", "b,rv,0.2,9,10,2,false,ok,1,10,9\nb,lv,0.4,9,20,4,false,ok,3,10,9\n")
+    assert bench.main(["collect-runs", str(fold0), str(fold1), "--method", "RUNet-chain", "--label", "s0",
+                       "--class", "mean", "--out", str(out)]) == 0
+    entry = json.loads(out.read_text())["studies"]["s0"]
+    assert entry["class"] == "mean"
+    assert entry["segmentation"]["RUNet-chain"] == {"a": {"dice": 0.7, "hd95": 4.0, "assd": 1.0},
+                                                     "b": {"dice": 0.3, "hd95": 15.0, "assd": 3.0}}
+    # one class of the same runs, under another method name, beside the first
+    assert bench.main(["collect-runs", str(fold0), "--method", "lv-only", "--label", "s0", "--class", "lv",
+                       "--out", str(out)]) == 0
+    segmentation = json.loads(out.read_text())["studies"]["s0"]["segmentation"]
+    assert set(segmentation) == {"RUNet-chain", "lv-only"} and segmentation["lv-only"]["a"]["dice"] == 0.8
+
+
+def test_collect_runs_refuses_a_run_without_evaluation_or_a_case_twice(tmp_path, capsys):
+    bench = _script()
+    out = tmp_path / "cases.json"
+    (tmp_path / "empty").mkdir()
+    assert bench.main(["collect-runs", str(tmp_path / "empty"), "--method", "m", "--label", "s",
+                       "--out", str(out)]) == 2
+    assert "no per-case report" in capsys.readouterr().err
+    first = _run(tmp_path / "r1", "a,rv,0.6,9,4,1,false,ok,1,10,9\n")
+    again = _run(tmp_path / "r2", "a,rv,0.5,9,4,1,false,ok,1,10,9\n")
+    assert bench.main(["collect-runs", str(first), str(again), "--method", "m", "--label", "s",
+                       "--out", str(out)]) == 2
+    assert "case a is already in another of the runs given" in capsys.readouterr().err
+    assert not out.exists()
