@@ -45,6 +45,7 @@ from jointreg.utils.atomic import write_text  # noqa: E402
 
 METRICS = ("dice", "hd95", "assd")
 MEAN = "mean"  # --class mean: the mean over the classes of each case
+CLASS_HELP = "the class to keep (default: the first in the CSV); 'mean': each case's mean over its classes"
 
 
 def _number(text: str) -> float | None:
@@ -210,25 +211,28 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--seed", type=int, required=True)
     c.add_argument("--label", required=True, help="the entry's name in the JSON (e.g. 'seed 2')")
     c.add_argument("--out", required=True)
-    c.add_argument("--class", dest="class_name", default=None,
-                   help="the class to keep (default: the first); 'mean': the mean over the classes")
+    c.add_argument("--class", dest="class_name", default=None, help=CLASS_HELP)
     c.add_argument("--protocol", default=None, help="the JSON's protocol line (where the figures are read)")
     c.add_argument("--study-yaml", default=None, help="the study YAML, to name the methods as it does")
     c.add_argument("--set", action="append", default=[], help="the study's --set overrides (method names)")
     r = sub.add_parser("collect-runs", help="one method's per-case figures from single runs (one per fold)")
     r.add_argument("runs", nargs="+", help="run folders with evaluation/per_case.csv")
     r.add_argument("--method", required=True, help="the method's name in the JSON")
-    r.add_argument("--label", required=True)
-    r.add_argument("--out", required=True)
-    r.add_argument("--class", dest="class_name", default=None)
-    r.add_argument("--protocol", default=None)
+    r.add_argument("--label", required=True, help="the entry's name in the JSON (e.g. 'seed 0')")
+    r.add_argument("--out", required=True, help="the results JSON (created, or updated in place)")
+    r.add_argument("--class", dest="class_name", default=None, help=CLASS_HELP)
+    r.add_argument("--protocol", default=None, help="the JSON's protocol line (where the figures are read)")
     p = sub.add_parser("pair", help="paired tests between two methods over one or more entries")
     p.add_argument("json")
     p.add_argument("--entries", nargs="+", required=True)
     p.add_argument("--methods", nargs=2, required=True, metavar=("BASELINE", "OTHER"))
     p.add_argument("--metric", default="dice", choices=METRICS)
     args = parser.parse_args(argv)
-    return {"collect": collect, "collect-runs": collect_runs, "pair": pair}[args.command](args)
+    try:
+        return {"collect": collect, "collect-runs": collect_runs, "pair": pair}[args.command](args)
+    except ValueError as error:  # a report without rows, or without the class asked for
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -121,4 +121,7 @@ def test_collect_runs_refuses_a_run_without_evaluation_or_a_case_twice(tmp_path,
     assert bench.main(["collect-runs", str(first), str(again), "--method", "m", "--label", "s",
                        "--out", str(out)]) == 2
     assert "case a is already in another of the runs given" in capsys.readouterr().err
+    assert bench.main(["collect-runs", str(first), "--method", "m", "--label", "s", "--class", "lv",
+                       "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {first / 'evaluation' / 'per_case.csv'}: no rows of class 'lv'"
     assert not out.exists()
