@@ -37,6 +37,19 @@ CHANNEL_SUFFIX = "_0000"
 SPLITS = ("Tr", "Ts")
 
 
+def undeclared_values(values, labels: Mapping[str, int]) -> str | None:
+    """``"label value(s) 3, 4 not declared in the labels (background=0, liver=1)"`` for the
+    ``values`` (ids found in a label map) that ``labels`` (``dataset.json``'s) lacks; ``None``
+    when every value is declared."""
+    known = {int(v) for v in labels.values()}
+    undeclared = sorted({int(v) for v in values} - known)
+    if not undeclared:
+        return None
+    shown = ", ".join(str(v) for v in undeclared[:10]) + (", ..." if len(undeclared) > 10 else "")
+    declared = ", ".join(f"{n}={v}" for n, v in sorted(labels.items(), key=lambda kv: kv[1]))
+    return f"label value(s) {shown} not declared in the labels ({declared})"
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """The fields of ``dataset.json`` that jointreg uses.
@@ -243,7 +256,22 @@ class Dataset:
         return read_image(self.image_path(case, split))
 
     def read_label(self, case: str, split: str = "Tr", *, full: bool = False) -> Volume:
-        return read_label(self.label_path(case, split, full=full))
+        """The label map of ``case``.
+
+        Raises:
+            InputError: as :func:`~jointreg.data.nifti.read_label`, and for a value that
+                ``dataset.json`` does not declare (a label map from another dataset, or one whose
+                ``dataset.json`` lost classes), which would otherwise be read as another class.
+        """
+        volume = read_label(self.label_path(case, split, full=full))
+        declared = self.spec.labels
+        top = max(declared.values())
+        contiguous = len(set(declared.values())) == top + 1
+        if volume.array.size and (volume.array.max() > top or not contiguous):
+            problem = undeclared_values(np.unique(volume.array), declared)
+            if problem:
+                raise InputError(volume.path, f"{problem} of {self.root / 'dataset.json'}")
+        return volume
 
     # --- writing -----------------------------------------------------------------------
     @classmethod

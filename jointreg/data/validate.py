@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from jointreg.data.dataset import CHANNEL_SUFFIX, SPLITS, DatasetSpec, read_spec
+from jointreg.data.dataset import CHANNEL_SUFFIX, SPLITS, DatasetSpec, read_spec, undeclared_values
 from jointreg.data.nifti import NIFTI_SUFFIXES, Volume, read_image, read_label, same_geometry, header_fixes, trailing_bytes
 from jointreg.data.slices import SliceStatus, stack_status, through_plane_axis
 from jointreg.errors import InputError
@@ -263,11 +263,9 @@ class _Checker:
                 usable = False
         values = sorted(counts)
         if self.spec is not None:
-            undeclared = sorted(set(values) - set(self.id_to_name))
-            if undeclared:
-                declared = ", ".join(f"{n}={v}" for v, n in sorted(self.id_to_name.items()))
-                shown = ", ".join(str(v) for v in undeclared[:10]) + (", ..." if len(undeclared) > 10 else "")
-                self.report.problem(label.path, f"label value(s) {shown} not declared in dataset.json ({declared})")
+            problem = undeclared_values(values, self.spec.labels)
+            if problem:
+                self.report.problem(label.path, f"{problem} of dataset.json")
                 usable = False
         if self.ignore is not None and set(values) <= {self.ignore}:
             self.report.warn(label.path, "every voxel is 'ignore' (no annotation): the case only counts as unlabelled")
@@ -280,9 +278,9 @@ class _Checker:
                 self.report.problem(full.path, f"full label {reason} of image {image.path.name}")
                 return
         if self.spec is not None:
-            undeclared = sorted(set(_value_counts(full.array)) - set(self.id_to_name))
-            if undeclared:
-                self.report.problem(full.path, f"label value(s) {undeclared[:10]} not declared in dataset.json")
+            problem = undeclared_values(_value_counts(full.array), self.spec.labels)
+            if problem:
+                self.report.problem(full.path, f"{problem} of dataset.json")
                 return
         if label is not None and label.shape == full.shape:
             known = label.array != self.ignore if self.ignore is not None else np.ones(label.shape, bool)

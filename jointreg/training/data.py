@@ -129,11 +129,22 @@ def load_training_data(recipe: Recipe, *, progress: bool = True) -> TrainingData
                                       full_labels=True, progress=progress)
     if not any(labelled_slices(v) for v in train):
         raise InputError(dataset.root / "labelsTr", "no annotated slice in any training case (nothing to learn from)")
+    if recipe.evaluation.enabled:
+        _check_evaluation_labels(dataset, recipe.evaluation.split)
     if not np.array_equal(lut, np.arange(len(lut))):
         train = [remap_volume(v, lut, ignore_index) for v in train]
         validation = [remap_volume(v, lut, ignore_index) for v in validation]
         monitor = [remap_volume(v, lut, ignore_index) for v in monitor]
     return TrainingData(dataset, spec, slice_spec, train, validation, labels, ignore_index, lut, monitor)
+
+
+def _check_evaluation_labels(dataset: Dataset, split: str) -> None:
+    """Read the evaluation split's label maps once before training, so that one the run could
+    not score (a value ``dataset.json`` does not declare: :meth:`Dataset.read_label`) stops the
+    run now, not after its training."""
+    for case in dataset.cases(split):
+        if dataset.label_path(case, split).exists():
+            dataset.read_label(case, split)
 
 
 def remap_volume(volume: SlicedVolume, lut: np.ndarray, ignore_index: int) -> SlicedVolume:

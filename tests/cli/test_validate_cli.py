@@ -81,7 +81,7 @@ def _label_without_image(ds):
         (_shape_mismatch, "label shape (16, 16, 3) differs from (16, 16, 4)"),
         (_affine_mismatch, "label affine differs by up to 0.5 mm"),
         (_nan, "1 voxel(s) are NaN or infinite"),
-        (_undeclared, "label value(s) 7 not declared in dataset.json"),
+        (_undeclared, "label value(s) 7 not declared in the labels"),
         (_missing_label, "no label file (expected labelsTr/case001.nii.gz)"),
         (_label_without_image, "label without image (expected imagesTr/case999_0000.nii.gz)"),
     ],

@@ -56,3 +56,28 @@ def test_temporaries_are_not_cases(make_dataset):
     root = make_dataset(n_cases=1)
     (root / "imagesTr" / ".tmp-abc-case009_0000.nii.gz").write_bytes(b"")
     assert Dataset.open(root).cases() == ["case000"]
+
+
+def test_label_values_missing_from_dataset_json_are_refused(make_dataset):
+    """A label map holding an id that dataset.json no longer declares (a pseudo-label dataset
+    that dropped classes beside the source's test labels, say) is refused by name, not read as
+    another class or left to fail in a lookup table."""
+    root = make_dataset(n_cases=1)
+    ds = Dataset.open(root)
+    label = ds.read_label("case000")
+    array = label.array.copy()
+    array[0, 0, 0] = 5
+    ds.write_label("case000", array, reference=label)
+    with pytest.raises(InputError, match=r"case000.nii.gz: label value\(s\) 5 not declared in the labels "
+                                         r"\(background=0, organ=1, other=2\) of .*dataset.json"):
+        ds.read_label("case000")
+    # declared ids with a gap (nnU-Net refuses those, jointreg reads them) are not undeclared
+    spec = ds.spec.replace(labels={"background": 0, "organ": 1, "other": 2, "far": 7})
+    array[0, 0, 0] = 7
+    gapped = ds.with_spec(spec)
+    gapped.write_label("case000", array, reference=label)
+    assert gapped.read_label("case000").array[0, 0, 0] == 7
+    array[0, 0, 0] = 4
+    gapped.write_label("case000", array, reference=label)
+    with pytest.raises(InputError, match=r"label value\(s\) 4 not declared"):
+        gapped.read_label("case000")

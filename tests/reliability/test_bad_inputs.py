@@ -238,10 +238,30 @@ def _train_on(ws, spoil, needles, which="sparse"):
     return Case(_train(ws.recipe(dataset=root)), (str(named), *needles), fix, leaves=ws.tmp / "runs")
 
 
+def _evaluated_train_on(ws, spoil, needles):
+    """:func:`_train_on` with the run's evaluation on the test split switched on."""
+    root = ws.dataset("sparse")
+    named, fix = spoil(root)
+    recipe = ws.recipe(dataset=root, evaluation={"enabled": True})
+    return Case(_train(recipe), (str(named), *needles), fix, leaves=ws.tmp / "runs")
+
+
 def _truncated_image(ws, root):
     image = ws.first(root)
     ws.truncate(image)
     return image, ws.put_back(ws.first(ws.sparse), image)
+
+
+def _undeclared_test_label(ws, root):
+    """A test split whose label map holds an id dataset.json does not declare: refused before
+    training (the evaluation at the end could not score it)."""
+    (root / "imagesTs").mkdir()
+    (root / "labelsTs").mkdir()
+    image = ws.first(root)
+    (root / "imagesTs" / image.name).write_bytes(image.read_bytes())
+    label = root / "labelsTs" / image.name.replace("_0000", "")
+    _filled(ws, label, (32, 32, 8), np.uint8, 9)
+    return label, ws.put_back(ws.label, label)
 
 
 def _no_labels_key(ws, root):
@@ -263,6 +283,8 @@ CASES.update({
                                              lambda: ws.recipe(), leaves=ws.tmp / "runs"),
     "train-dataset-json-without-labels": lambda ws: _train_on(ws, lambda r: _no_labels_key(ws, r), ("missing key 'labels'",)),
     "train-truncated-image": lambda ws: _train_on(ws, lambda r: _truncated_image(ws, r), ("truncated",)),
+    "train-test-label-undeclared": lambda ws: _evaluated_train_on(ws, lambda r: _undeclared_test_label(ws, r),
+                                                                  ("label value(s) 9 not declared",)),
     "train-unknown-class": lambda ws: Case(
         _train(ws.recipe(data={"dataset": str(ws.sparse), "size": [32, 32], "classes": ["pancreas"]})),
         ("data.classes", "'pancreas' is not a foreground class"), lambda: ws.recipe(), leaves=ws.tmp / "runs"),
