@@ -16,7 +16,9 @@ Cases without any annotated voxel are labelled by the segmentor alone. A run of 
 other case in its box and fuses their labels; voxels no atlas reaches get the segmentor's label.
 
 DIR receives imagesTr/ (hard links or copies), labelsTr/, dataset.json (labels without ignore),
-provenance/{case}.json and pseudolabel.json. The job is resumable: rerun the same command after an
+provenance/{case}.json and pseudolabel.json, and DATASET's test split (imagesTs/, labelsTs/ in the
+run's classes), so that `jointreg train` on DIR trains a segmentor on the pseudo-labels and
+evaluates it on the same test cases as a run on DATASET (two stages instead of the joint loop). The job is resumable: rerun the same command after an
 interruption or a failure and finished cases are skipped; the result is the same as an
 uninterrupted run. dataset.json is written last, once every case is finished (a DIR without it is
 an unfinished job); a job that finished no case leaves nothing behind, and a rerun with other

@@ -9,6 +9,8 @@ The output is a dataset that nnU-Net and MONAI train on directly::
       dataset.json              the source's, labels without "ignore", numTraining = cases
       imagesTr/{case}_0000.nii.gz   hard links to the source images (copies across file systems)
       labelsTr/{case}.nii.gz    complete labels, the image's affine and header
+      imagesTs/, labelsTs/      the source's test split (links; labels in the run's label space),
+                                so that a segmentor trained on OUT is evaluated as on the source
       provenance/{case}.json    per slice: annotated or how it was labelled, sources, weights
       pseudolabel.json          the settings, run, models and dataset of this output
       montages.md  montages/    a picture per case, worst first (:mod:`~jointreg.inference.pseudolabel_review`)
@@ -367,6 +369,48 @@ def _finish(out: Path, job: _Job, *, progress: bool) -> Path:
     with folder_lock(out):
         for folder in (out, out / "imagesTr", out / "labelsTr", out / PROVENANCE_DIR):
             remove_stale_temporaries(folder)
+        carry_test_split(job.source, out, job.lut, len(job.labels))
         write_spec(out, job.spec)  # last: the dataset is complete
         # montages, worst case first
         return write_pseudolabel_review(out, job.source, job.labels, job.lut, progress=progress)
+
+
+def carry_test_split(source: Any, out: Path, lut: Any, num_classes: int) -> int:
+    """Give the output the source's test split, so that a segmentor trained on the pseudo-labels
+    is evaluated as one trained on the source would be: ``imagesTs`` linked, ``labelsTs`` in
+    the run's label space (linked when that is the source's own, rewritten otherwise: classes
+    the run does not predict become background). Returns the number of test cases.
+
+    Raises:
+        InputError: a test label with a value ``dataset.json`` does not declare, or with
+            ``ignore`` voxels (a test label must be complete).
+    """
+    import numpy as np
+
+    from jointreg.data.dataset import CHANNEL_SUFFIX
+    from jointreg.data.nifti import write_volume
+    from jointreg.utils.atomic import link_or_copy, remove_stale_temporaries
+
+    if not source.has_split("Ts"):
+        return 0
+    ending = source.spec.file_ending
+    lut = np.asarray(lut)
+    same_ids = all(int(lut[v]) == v for v in source.spec.class_labels.values())
+    cases = source.cases("Ts")
+    for folder in (out / "imagesTs", out / "labelsTs"):
+        if folder.is_dir():
+            remove_stale_temporaries(folder)
+    for case in cases:
+        link_or_copy(source.image_path(case, "Ts"), out / "imagesTs" / f"{case}{CHANNEL_SUFFIX}{ending}")
+        if not source.label_path(case, "Ts").exists():
+            continue
+        label = source.read_label(case, "Ts")  # refuses undeclared values, by name
+        mapped = lut[label.array]
+        if label.array.size and int(mapped.max()) >= num_classes:
+            raise InputError(label.path, "holds 'ignore' voxels: a test label must be complete")
+        target = out / "labelsTs" / f"{case}{ending}"
+        if same_ids:
+            link_or_copy(label.path, target)
+        else:
+            write_volume(target, mapped, reference=label, is_label=True)
+    return len(cases)

@@ -53,12 +53,12 @@ def identity_run(tmp_path):
 
 @pytest.fixture
 def sparse_phantom_factory(tmp_path):
-    """``sparse_phantom_factory(n_train, slices_per_volume=1)`` → a sparse liver-CT phantom dataset (64 × 64 × 24)."""
+    """``sparse_phantom_factory(n_train, slices_per_volume=1, n_test=0)`` → a sparse liver-CT phantom dataset (64 × 64 × 24)."""
     from jointreg.data.phantoms import generate_phantom_dataset
     from jointreg.data.sparsify import sparsify_dataset
 
-    def build(n_train: int = 3, slices_per_volume: int = 1, seed: int = 2) -> Path:
-        full = generate_phantom_dataset(tmp_path / f"full{n_train}", "liver-ct", n_train=n_train, n_test=0, seed=seed, shape=(64, 64, 24))
+    def build(n_train: int = 3, slices_per_volume: int = 1, seed: int = 2, n_test: int = 0) -> Path:
+        full = generate_phantom_dataset(tmp_path / f"full{n_train}", "liver-ct", n_train=n_train, n_test=n_test, seed=seed, shape=(64, 64, 24))
         sparse = tmp_path / f"sparse{n_train}"
         sparsify_dataset(full, sparse, slices_per_volume=slices_per_volume, progress=False)
         return sparse

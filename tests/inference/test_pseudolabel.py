@@ -63,6 +63,42 @@ def test_output_is_a_complete_nnunet_dataset(trained_run, tmp_path):
     assert manifest["settings"] == {"mode": "fusion", "propagation": "direct", "source_slices": 1, "verify": None,
                                     "refine": 0}
     assert manifest["radius"] == 4.0
+    # the test split travels (the run predicts every class: links), so training on OUT evaluates as on the source
+    assert result.cases("Ts") == sparse.cases("Ts") and len(sparse.cases("Ts")) == 1
+    for case in sparse.cases("Ts"):
+        assert os.path.samefile(result.image_path(case, "Ts"), sparse.image_path(case, "Ts"))
+        assert os.path.samefile(result.label_path(case, "Ts"), sparse.label_path(case, "Ts"))
+
+
+def test_test_split_is_carried_in_the_runs_classes(identity_run, sparse_phantom_factory, tmp_path):
+    from jointreg.data.nifti import write_volume
+
+    sparse = Dataset.open(sparse_phantom_factory(2, n_test=2))
+    liver = sparse.spec.class_labels["liver"]
+    run = identity_run({"background": 0, "liver": 1}, name="liver_only")
+    out = tmp_path / "pseudo"
+    settings = PseudolabelSettings(mode="registration", verify=None, refine=0)
+    pseudolabel_dataset(run, sparse.root, out, settings=settings, progress=False)
+    result = Dataset.open(out)
+    assert result.spec.class_labels == {"background": 0, "liver": 1}
+    for case in sparse.cases("Ts"):
+        source = read_label(sparse.label_path(case, "Ts")).array
+        carried = read_label(result.label_path(case, "Ts")).array
+        assert len(np.unique(source)) > 2  # the phantom's other organs are there, and become background
+        assert np.array_equal(carried, (source == liver).astype(carried.dtype))
+        assert os.path.samefile(result.image_path(case, "Ts"), sparse.image_path(case, "Ts"))
+
+    # a test label with 'ignore' voxels is refused by name, and no dataset.json claims a finished output
+    case = sparse.cases("Ts")[0]
+    label = read_label(sparse.label_path(case, "Ts"))
+    broken = label.array.copy()
+    broken[0, 0, 0] = sparse.spec.ignore_label
+    write_volume(sparse.label_path(case, "Ts"), broken, reference=label, is_label=True)
+    other = tmp_path / "pseudo_broken"
+    with pytest.raises(InputError, match="'ignore' voxels") as error:
+        pseudolabel_dataset(run, sparse.root, other, settings=settings, progress=False)
+    assert str(sparse.label_path(case, "Ts")) in str(error.value)
+    assert not (other / "dataset.json").exists()
 
 
 @pytest.mark.parametrize("architecture", ["fmirnet", "identity"])
