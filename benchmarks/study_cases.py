@@ -208,9 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("collect", help="a study's per-case figures into a results JSON")
     c.add_argument("study", help="the study's output folder")
-    c.add_argument("--seed", type=int, required=True)
+    c.add_argument("--seed", type=int, required=True, help="the study seed whose runs to collect")
     c.add_argument("--label", required=True, help="the entry's name in the JSON (e.g. 'seed 2')")
-    c.add_argument("--out", required=True)
+    c.add_argument("--out", required=True, help="the results JSON (created, or updated in place)")
     c.add_argument("--class", dest="class_name", default=None, help=CLASS_HELP)
     c.add_argument("--protocol", default=None, help="the JSON's protocol line (where the figures are read)")
     c.add_argument("--study-yaml", default=None, help="the study YAML, to name the methods as it does")
@@ -223,10 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--class", dest="class_name", default=None, help=CLASS_HELP)
     r.add_argument("--protocol", default=None, help="the JSON's protocol line (where the figures are read)")
     p = sub.add_parser("pair", help="paired tests between two methods over one or more entries")
-    p.add_argument("json")
-    p.add_argument("--entries", nargs="+", required=True)
-    p.add_argument("--methods", nargs=2, required=True, metavar=("BASELINE", "OTHER"))
-    p.add_argument("--metric", default="dice", choices=METRICS)
+    p.add_argument("json", help="a results JSON written by collect / collect-runs")
+    p.add_argument("--entries", nargs="+", required=True,
+                   help="the entries (seeds) to pair within, and to average per volume when there are several")
+    p.add_argument("--methods", nargs=2, required=True, metavar=("BASELINE", "OTHER"),
+                   help="the two methods, as named in the JSON; differences are OTHER - BASELINE")
+    p.add_argument("--metric", default="dice", choices=METRICS, help="the per-volume figure to compare (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
         return {"collect": collect, "collect-runs": collect_runs, "pair": pair}[args.command](args)
