@@ -67,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="registration mode: stop a propagated structure at the first slice where fewer than "
                              "this fraction of its pixels have the annotated structure's intensities (default: %(default)s)")
     parser.add_argument("--no-verify", action="store_true", help="registration mode: propagate onto every slice")
+    parser.add_argument("--gate", type=float, default=0.0, metavar="Q",
+                        help="registration mode: propagated pixels of a structure whose intensity lies outside the "
+                             "Q..100-Q percentiles of its annotated voxels become background (default: %(default)s, none)")
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes (default: %(default)s)")
     add_inference_options(parser, batch_unit="pairs/slices")
     add_backend_option(parser)
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     settings = PseudolabelSettings(
         mode=args.mode, propagation=args.propagation, source_slices=args.source_slices,
         batch_size=args.batch_size, device=args.device, verify=None if args.no_verify else args.verify,
-        refine=args.refine, backend=args.backend,
+        refine=args.refine, backend=args.backend, gate=args.gate,
     )
     if args.merge:
         summary = merge_pseudolabels(args.run, args.dataset, args.out, settings=settings, progress=not args.no_progress)

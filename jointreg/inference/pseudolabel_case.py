@@ -40,6 +40,9 @@ class PseudolabelSettings:
         verify: in ``registration`` mode, stop each propagated structure at the first slice where
             fewer than this fraction of its pixels look like the annotated structure
             (:mod:`jointreg.inference.verify`); ``None``: propagate to every slice.
+        gate: in ``registration`` mode, the percentile ``q``: propagated pixels of a class whose
+            intensity lies outside the ``q`` .. ``100 − q`` percentiles of its annotated voxels
+            become background (:func:`~jointreg.inference.verify.gate_by_appearance`); 0: none.
         refine: Adam steps of instance optimisation of every registered pair's field
             (:mod:`jointreg.inference.refine`); ``None``: :data:`DEFAULT_REFINE` in
             ``registration`` mode, 0 otherwise.
@@ -56,6 +59,7 @@ class PseudolabelSettings:
     batch_size: int = 16
     device: str = "auto"
     verify: float | None = 0.6
+    gate: float = 0.0
     refine: int | None = None
     backend: str = "torch"
 
@@ -80,6 +84,8 @@ class PseudolabelSettings:
                 raise ConfigError(f"{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
         if self.verify is not None and not 0.0 <= self.verify <= 1.0:
             raise ConfigError(f"verify must be a fraction in [0, 1], got {self.verify!r}")
+        if isinstance(self.gate, bool) or not isinstance(self.gate, (int, float)) or not 0.0 <= self.gate < 50.0:
+            raise ConfigError(f"gate must be a percentile in [0, 50), got {self.gate!r}")
 
     def result_settings(self) -> dict[str, Any]:
         """The settings that change the labels (checked when a run is resumed)."""
@@ -89,6 +95,8 @@ class PseudolabelSettings:
                     "refine": self.refine}
         if self.backend == "torch-bfloat16" and self.mode != "segmentor":  # (absent: float32, as before)
             settings["precision"] = "bfloat16"
+        if self.mode == "registration" and self.gate > 0:  # (absent: no gate, as before)
+            settings["gate"] = float(self.gate)
         return settings
 
 
@@ -250,6 +258,11 @@ class CaseLabeller:
                 images_stack = np.moveaxis(image.array, axis, 0)
                 result = stop_at_appearance_change(result, images_stack, annotated, range(1, k), propagated=filled,
                                                    threshold=settings.verify)
+            if settings.mode == "registration" and settings.gate > 0 and annotated:
+                from jointreg.inference.verify import gate_by_appearance
+
+                result = gate_by_appearance(result, np.moveaxis(image.array, axis, 0), annotated, range(1, k),
+                                            propagated=filled, percentile=settings.gate)
             if self.largest_component:
                 # Post-processing cleans the pseudo-labels only; annotated voxels stay as given.
                 from jointreg.inference.postprocess import keep_largest_component

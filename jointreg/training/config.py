@@ -200,6 +200,10 @@ class PropagationConfig:
         verify: with ``method: chain``, each chain-propagated structure stops at the first slice
             where fewer than this fraction of its pixels have the annotated structure's
             intensities (:mod:`jointreg.inference.verify`); beyond, it is background. ``None``: off.
+        gate: with ``method: chain``, the percentile ``q`` of the appearance gate: chain-propagated
+            pixels of a structure whose intensity lies outside the ``q`` .. ``100 − q``
+            percentiles of its annotated voxels become background
+            (:func:`jointreg.inference.verify.gate_by_appearance`, as ``pseudolabel --gate``). 0: off.
         refine: with ``method: chain``, Adam steps of instance optimisation of every adjacent
             pair's field before the labels are composed (:mod:`jointreg.inference.refine`);
             0: the network's fields as they are.
@@ -236,6 +240,7 @@ class PropagationConfig:
 
     method: Literal["direct", "chain"] = "direct"
     verify: float | None = None
+    gate: float = 0.0
     refine: int = 0
     radius: int | None = None
     trust: tuple[Literal["distance", "residual", "agreement"], ...] = ("distance",)
@@ -255,6 +260,10 @@ class PropagationConfig:
                 raise ConfigError(f"propagation.verify: must be a fraction in [0, 1], got {self.verify}")
             if self.method != "chain":
                 raise ConfigError("propagation.verify: needs propagation.method: chain")
+        if not 0.0 <= self.gate < 50.0:
+            raise ConfigError(f"propagation.gate: must be a percentile in [0, 50), got {self.gate}")
+        if self.gate and self.method != "chain":
+            raise ConfigError("propagation.gate: needs propagation.method: chain")
         if self.refine < 0:
             raise ConfigError(f"propagation.refine: must be >= 0 steps, got {self.refine}")
         if self.refine and self.method != "chain":

@@ -248,6 +248,7 @@ class SegmentationGroups:
         self.num_classes, self.radius = num_classes, float(radius)
         self.chain = propagation.method == "chain"
         self.verify = propagation.verify
+        self.gate = propagation.gate
         self.refine = propagation.refine
         self._chain_labels: dict[tuple[int, int], torch.Tensor] = {}
         self._chain_distance: dict[tuple[int, int], float] = {}
@@ -275,7 +276,7 @@ class SegmentationGroups:
                                        radius=self.radius, device=self.device, refinement=refinement)
             probs, covered = estimate.probabilities()
             labels = torch.where(covered, probs.argmax(1), torch.full_like(covered, self.ignore_index, dtype=torch.int64))
-            if self.verify is not None:
+            if self.verify is not None or self.gate:
                 labels = self._verified(volume, labels, targets, annotated)
             for i, t in enumerate(targets):
                 self._chain_labels[(v, t)] = labels[i]
@@ -283,17 +284,24 @@ class SegmentationGroups:
         self._chain_version = version
 
     def _verified(self, volume, labels: torch.Tensor, targets: list[int], annotated: list[int]) -> torch.Tensor:
-        """The chain labels with each structure stopped where it no longer looks like the annotated one."""
+        """The chain labels with each structure stopped where it no longer looks like the annotated
+        one (``verify``), and its pixels that never look like it removed (``gate``)."""
         import numpy as np
 
-        from jointreg.inference.verify import stop_at_appearance_change
+        from jointreg.inference.verify import gate_by_appearance, stop_at_appearance_change
 
         stack = np.array(volume.labels, dtype=np.int64, copy=True)
         stack[targets] = labels.cpu().numpy()
         propagated = np.zeros(stack.shape, bool)
         propagated[targets] = True
-        checked = stop_at_appearance_change(stack, volume.images, annotated, range(1, self.num_classes),
-                                            propagated=propagated, threshold=self.verify)
+        classes = range(1, self.num_classes)
+        checked = stack
+        if self.verify is not None:
+            checked = stop_at_appearance_change(checked, volume.images, annotated, classes,
+                                                propagated=propagated, threshold=self.verify)
+        if self.gate:
+            checked = gate_by_appearance(checked, volume.images, annotated, classes, propagated=propagated,
+                                         percentile=self.gate)
         return torch.from_numpy(checked[targets]).to(labels.device)
 
     def _chained(self, batch) -> dict[str, torch.Tensor]:

@@ -39,3 +39,38 @@ def test_annotated_voxels_and_other_classes_are_never_changed():
     assert stop_at_appearance_change(labels, images, [3], [1], propagated=propagated, threshold=0.0).sum() == labels.sum()
     with pytest.raises(ValueError, match="threshold"):
         stop_at_appearance_change(labels, images, [3], [1], propagated=propagated, threshold=1.5)
+
+
+def _gate_volume():
+    """Slice 0 annotated: class 1 a bright 6 × 6 square (0.80-0.835) on dark tissue (0.2). On slice 1
+    the organ has shrunk to the 4 × 4 square [3:7, 3:7] (0.81), but propagation kept the 6 × 6
+    label [2:8, 2:8]; a bright speck (one pixel, 0.81) lies at (2, 2) inside that label."""
+    images = np.full((2, 10, 10), 0.2, np.float32)
+    labels = np.zeros((2, 10, 10), np.int16)
+    labels[:, 2:8, 2:8] = 1
+    images[0, 2:8, 2:8] = 0.8 + 0.001 * np.arange(36).reshape(6, 6)
+    images[1, 3:7, 3:7] = 0.81
+    images[1, 2, 2] = 0.81
+    propagated = np.zeros((2, 10, 10), bool)
+    propagated[1] = True
+    return labels, images, propagated
+
+
+def test_the_gate_shrinks_a_propagated_region_to_the_tissue_that_looks_annotated():
+    from jointreg.inference.verify import gate_by_appearance
+
+    labels, images, propagated = _gate_volume()
+    out = gate_by_appearance(labels, images, [0], [1], propagated=propagated, percentile=1.0)
+    expected = np.zeros((10, 10), np.int16)
+    expected[3:7, 3:7] = 1  # the speck at (2, 2) passed the intensity test and is opened away
+    assert np.array_equal(out[1], expected)
+    assert np.array_equal(out[0], labels[0])  # the annotation itself is never changed
+    # percentile 0 is no gate; other classes and unpropagated pixels are left alone
+    assert np.array_equal(gate_by_appearance(labels, images, [0], [1], propagated=propagated, percentile=0.0), labels)
+    labels[1, 0, :] = 2
+    out = gate_by_appearance(labels, images, [0], [1, 2], propagated=propagated, percentile=1.0)
+    assert (out[1, 0, :] == 2).all()  # class 2 has no annotated voxel: no range, nothing removed
+    out = gate_by_appearance(labels, images, [0], [1], propagated=np.zeros_like(propagated), percentile=1.0)
+    assert np.array_equal(out, labels)
+    with pytest.raises(ValueError, match="percentile"):
+        gate_by_appearance(labels, images, [0], [1], propagated=propagated, percentile=50.0)

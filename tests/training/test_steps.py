@@ -317,6 +317,37 @@ def test_verified_chain_labels_stop_where_the_structure_stops_looking_like_itsel
         PropagationConfig(verify=0.6)
 
 
+def test_gated_chain_labels_lose_only_foreground_pixels_and_come_closer_to_the_truth(volumes):
+    """With the identity, chain labels copy the annotated organs onto every slice; the appearance
+    gate removes the copied pixels whose intensity the annotated organ never has."""
+    from jointreg.metrics.overlap import dice
+    from jointreg.nets.registration import create_registration_net
+    from jointreg.training.propagation import SegmentationGroups
+
+    def groups(gate):
+        return SegmentationGroups(volumes, pairs=PairConfig(radius=3),
+                                  propagation=PropagationConfig(method="chain", gate=gate, trust=()),
+                                  warped_weight=0.0, propagated_weight=1.0, num_classes=5, ignore_index=5,
+                                  device=torch.device("cpu"))
+
+    plain, gated = groups(0.0), groups(1.0)
+    for g in (plain, gated):
+        g.refresh(create_registration_net("identity"), version=0)
+    v = 0
+    keys = sorted(k for k in plain._chain_labels if k[0] == v)
+    before = torch.stack([plain._chain_labels[k] for k in keys]).numpy()
+    after = torch.stack([gated._chain_labels[k] for k in keys]).numpy()
+    changed = before != after
+    assert changed.any() and (before[changed] > 0).all() and (after[changed] == 0).all()  # foreground → background only
+    truth = volumes[v].full_labels[[t for _, t in keys]] == 1
+    assert dice(after == 1, truth) > dice(before == 1, truth) + 0.2  # 0.49 → 0.87
+    for bad in (50.0, -1.0):
+        with pytest.raises(Exception, match="propagation.gate"):
+            PropagationConfig(method="chain", gate=bad)
+    with pytest.raises(Exception, match="needs propagation.method: chain"):
+        PropagationConfig(gate=1.0)
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_weights_finite_finds_one_bad_weight_anywhere(bad):
     from jointreg.training.steps import weights_finite
