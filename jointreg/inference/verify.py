@@ -93,8 +93,11 @@ def gate_by_appearance(
     a propagated myocardium). Per class, the range is the ``percentile`` .. ``100 − percentile``
     intensities of its voxels on the annotated slices; propagated pixels of the class outside
     it become background, then each slice's remaining propagated region of the class is opened
-    by a 3 × 3 square (specks the gate leaves are dropped, not kept as islands). Annotated
-    voxels are never changed; ``percentile`` 0 changes nothing.
+    by a 3 × 3 square (specks the gate leaves are dropped, not kept as islands) and its holes
+    are filled again (within the propagated region): what lies enclosed by the structure
+    belongs to it, whatever its intensity (papillary muscles in the LV blood pool, vessels in
+    the liver; without the filling the gate cost the LV 0.03 Dice on MS-CMR). Annotated voxels
+    are never changed; ``percentile`` 0 changes nothing.
 
     Args:
         labels, images, annotated, classes, propagated: as :func:`stop_at_appearance_change`.
@@ -122,5 +125,6 @@ def gate_by_appearance(
             if not region.any():
                 continue
             kept = ndimage.binary_opening(region & (images[s] >= low) & (images[s] <= high), square)
+            kept = ndimage.binary_fill_holes(kept) & region
             out[s][region & ~kept] = 0
     return out

@@ -42,16 +42,18 @@ def test_annotated_voxels_and_other_classes_are_never_changed():
 
 
 def _gate_volume():
-    """Slice 0 annotated: class 1 a bright 6 × 6 square (0.80-0.835) on dark tissue (0.2). On slice 1
-    the organ has shrunk to the 4 × 4 square [3:7, 3:7] (0.81), but propagation kept the 6 × 6
-    label [2:8, 2:8]; a bright speck (one pixel, 0.81) lies at (2, 2) inside that label."""
-    images = np.full((2, 10, 10), 0.2, np.float32)
-    labels = np.zeros((2, 10, 10), np.int16)
-    labels[:, 2:8, 2:8] = 1
-    images[0, 2:8, 2:8] = 0.8 + 0.001 * np.arange(36).reshape(6, 6)
-    images[1, 3:7, 3:7] = 0.81
-    images[1, 2, 2] = 0.81
-    propagated = np.zeros((2, 10, 10), bool)
+    """Slice 0 annotated: class 1 a bright 10 × 10 square [1:11, 1:11] (0.80-0.899) on dark tissue
+    (0.2). On slice 1 the organ has shrunk to the 7 × 7 square [2:9, 2:9] (0.81), but propagation
+    kept the 10 × 10 label; inside that label a bright speck (one pixel, 0.81) lies at (10, 10),
+    and a dark pixel (a vessel, 0.2) at (5, 5) inside the organ."""
+    images = np.full((2, 12, 12), 0.2, np.float32)
+    labels = np.zeros((2, 12, 12), np.int16)
+    labels[:, 1:11, 1:11] = 1
+    images[0, 1:11, 1:11] = 0.8 + 0.001 * np.arange(100).reshape(10, 10)
+    images[1, 2:9, 2:9] = 0.81
+    images[1, 5, 5] = 0.2
+    images[1, 10, 10] = 0.81
+    propagated = np.zeros((2, 12, 12), bool)
     propagated[1] = True
     return labels, images, propagated
 
@@ -61,8 +63,8 @@ def test_the_gate_shrinks_a_propagated_region_to_the_tissue_that_looks_annotated
 
     labels, images, propagated = _gate_volume()
     out = gate_by_appearance(labels, images, [0], [1], propagated=propagated, percentile=1.0)
-    expected = np.zeros((10, 10), np.int16)
-    expected[3:7, 3:7] = 1  # the speck at (2, 2) passed the intensity test and is opened away
+    expected = np.zeros((12, 12), np.int16)
+    expected[2:9, 2:9] = 1  # the speck passed the intensity test and is opened away; the vessel is filled
     assert np.array_equal(out[1], expected)
     assert np.array_equal(out[0], labels[0])  # the annotation itself is never changed
     # percentile 0 is no gate; other classes and unpropagated pixels are left alone
