@@ -67,9 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="registration mode: stop a propagated structure at the first slice where fewer than "
                              "this fraction of its pixels have the annotated structure's intensities (default: %(default)s)")
     parser.add_argument("--no-verify", action="store_true", help="registration mode: propagate onto every slice")
-    parser.add_argument("--gate", type=float, default=0.0, metavar="Q",
+    parser.add_argument("--gate", type=float, default=None, metavar="Q",
                         help="registration mode: propagated pixels of a structure whose intensity lies outside the "
-                             "Q..100-Q percentiles of its annotated voxels become background (default: %(default)s, none)")
+                             "Q..100-Q percentiles of its annotated voxels become background, holes filled "
+                             "(default: 1 in registration mode; 0: off)")
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes (default: %(default)s)")
     add_inference_options(parser, batch_unit="pairs/slices")
     add_backend_option(parser)

@@ -77,7 +77,7 @@ def test_test_split_is_carried_in_the_runs_classes(identity_run, sparse_phantom_
     liver = sparse.spec.class_labels["liver"]
     run = identity_run({"background": 0, "liver": 1}, name="liver_only")
     out = tmp_path / "pseudo"
-    settings = PseudolabelSettings(mode="registration", verify=None, refine=0)
+    settings = PseudolabelSettings(mode="registration", verify=None, refine=0, gate=0)
     pseudolabel_dataset(run, sparse.root, out, settings=settings, progress=False)
     result = Dataset.open(out)
     assert result.spec.class_labels == {"background": 0, "liver": 1}
@@ -107,7 +107,7 @@ def test_zero_flow_registration_reproduces_copying_the_nearest_slice(architectur
     run = identity_run(sparse.spec.class_labels, architecture=architecture)
     for propagation in ("direct", "chain"):
         out = tmp_path / propagation
-        settings = PseudolabelSettings(mode="registration", propagation=propagation, verify=None, refine=0)
+        settings = PseudolabelSettings(mode="registration", propagation=propagation, verify=None, refine=0, gate=0)
         pseudolabel_dataset(run, sparse.root, out, settings=settings, progress=False)
         for case in sparse.cases():
             assert np.array_equal(read_label(out / "labelsTr" / f"{case}.nii.gz").array, _copy_nearest(sparse, case)), propagation
@@ -248,9 +248,10 @@ def test_registration_mode_defaults_to_refined_chain_propagation():
     from jointreg.inference.refine import DEFAULT_STEPS
 
     registration = PseudolabelSettings(mode="registration")
-    assert (registration.propagation, registration.refine, registration.verify) == ("chain", DEFAULT_STEPS, 0.6)
+    assert (registration.propagation, registration.refine, registration.verify, registration.gate) == ("chain", DEFAULT_STEPS, 0.6, 1.0)
+    assert registration.result_settings()["gate"] == 1.0
     fusion = PseudolabelSettings(mode="fusion")
-    assert (fusion.propagation, fusion.refine) == ("direct", 0)
+    assert (fusion.propagation, fusion.refine, fusion.gate) == ("direct", 0, 0.0) and "gate" not in fusion.result_settings()
     assert PseudolabelSettings(mode="registration", propagation="direct", refine=0).result_settings()["refine"] == 0
     with pytest.raises(ConfigError, match="refine must be an integer >= 0"):
         PseudolabelSettings(mode="registration", refine=-1)
@@ -263,7 +264,7 @@ def test_the_appearance_gate_only_removes_propagated_foreground_and_brings_it_cl
     sparse = Dataset.open(sparse_phantom_factory(2))
     full = Dataset.open(sparse.root.parent / "full2")
     run = identity_run(sparse.spec.class_labels, architecture="identity")
-    plain = PseudolabelSettings(mode="registration", verify=None, refine=0)  # copying the annotated slice
+    plain = PseudolabelSettings(mode="registration", verify=None, refine=0, gate=0)  # copying the annotated slice
     gated = PseudolabelSettings(mode="registration", verify=None, refine=0, gate=1.0)
     pseudolabel_dataset(run, sparse.root, tmp_path / "plain", settings=plain, progress=False)
     pseudolabel_dataset(run, sparse.root, tmp_path / "gated", settings=gated, progress=False)

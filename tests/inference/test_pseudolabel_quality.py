@@ -62,7 +62,7 @@ def _compare(sparse_root: Path, tmp_path: Path, *, steps: int, size: int) -> dic
     scores = {"copy": _liver_dice(_copy_nearest(sparse, tmp_path / "copy"), sparse_root, tmp_path / "report_copy")}
     for propagation in ("direct", "chain"):
         out = tmp_path / f"pseudo_{propagation}"
-        settings = PseudolabelSettings(mode="registration", propagation=propagation, verify=None, refine=0)  # the network alone
+        settings = PseudolabelSettings(mode="registration", propagation=propagation, verify=None, refine=0, gate=0)  # the network alone
         pseudolabel_dataset(run, sparse_root, out, settings=settings, progress=False)
         scores[propagation] = _liver_dice(out / "labelsTr", sparse_root, tmp_path / f"report_{propagation}")
     return scores
