@@ -262,17 +262,11 @@ class CaseLabeller:
                     value = getattr(info[i], key)
                     if value is not None:
                         entry[key] = value
-            if settings.mode == "registration" and settings.verify is not None and annotated:
-                from jointreg.inference.verify import stop_at_appearance_change
+            if settings.mode == "registration" and annotated and (settings.verify is not None or settings.gate > 0):
+                from jointreg.inference.verify import check_propagated
 
-                images_stack = np.moveaxis(image.array, axis, 0)
-                result = stop_at_appearance_change(result, images_stack, annotated, range(1, k), propagated=filled,
-                                                   threshold=settings.verify)
-            if settings.mode == "registration" and settings.gate > 0 and annotated:
-                from jointreg.inference.verify import gate_by_appearance
-
-                result = gate_by_appearance(result, np.moveaxis(image.array, axis, 0), annotated, range(1, k),
-                                            propagated=filled, percentile=settings.gate)
+                result = check_propagated(result, np.moveaxis(image.array, axis, 0), annotated, range(1, k),
+                                          propagated=filled, threshold=settings.verify, gate=settings.gate)
             if self.largest_component:
                 # Post-processing cleans the pseudo-labels only; annotated voxels stay as given.
                 from jointreg.inference.postprocess import keep_largest_component

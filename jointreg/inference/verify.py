@@ -128,3 +128,26 @@ def gate_by_appearance(
             kept = ndimage.binary_fill_holes(kept) & region
             out[s][region & ~kept] = 0
     return out
+
+
+def check_propagated(
+    labels: np.ndarray,
+    images: np.ndarray,
+    annotated: Sequence[int],
+    classes: Iterable[int],
+    *,
+    propagated: np.ndarray,
+    threshold: float | None,
+    gate: float,
+) -> np.ndarray:
+    """The appearance rules of propagated labels, in their order: each class stopped at the
+    first slice where it no longer looks like itself (``threshold``; ``None``: off), then its
+    kept pixels gated by the annotated intensities (``gate``; 0: off). Used alike by
+    ``pseudolabel`` and by the joint loop's chain labels."""
+    classes = list(classes)
+    out = labels
+    if threshold is not None:
+        out = stop_at_appearance_change(out, images, annotated, classes, propagated=propagated, threshold=threshold)
+    if gate:
+        out = gate_by_appearance(out, images, annotated, classes, propagated=propagated, percentile=gate)
+    return out

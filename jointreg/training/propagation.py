@@ -288,20 +288,14 @@ class SegmentationGroups:
         one (``verify``), and its pixels that never look like it removed (``gate``)."""
         import numpy as np
 
-        from jointreg.inference.verify import gate_by_appearance, stop_at_appearance_change
+        from jointreg.inference.verify import check_propagated
 
         stack = np.array(volume.labels, dtype=np.int64, copy=True)
         stack[targets] = labels.cpu().numpy()
         propagated = np.zeros(stack.shape, bool)
         propagated[targets] = True
-        classes = range(1, self.num_classes)
-        checked = stack
-        if self.verify is not None:
-            checked = stop_at_appearance_change(checked, volume.images, annotated, classes,
-                                                propagated=propagated, threshold=self.verify)
-        if self.gate:
-            checked = gate_by_appearance(checked, volume.images, annotated, classes, propagated=propagated,
-                                         percentile=self.gate)
+        checked = check_propagated(stack, volume.images, annotated, range(1, self.num_classes), propagated=propagated,
+                                   threshold=self.verify, gate=self.gate)
         return torch.from_numpy(checked[targets]).to(labels.device)
 
     def _chained(self, batch) -> dict[str, torch.Tensor]:
