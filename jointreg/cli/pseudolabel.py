@@ -71,6 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="registration mode: propagated pixels of a structure whose intensity lies outside the "
                              "Q..100-Q percentiles of its annotated voxels become background, holes filled "
                              "(default: 1 in registration mode; 0: off)")
+    parser.add_argument("--step-gate", type=float, default=0.0, metavar="Q",
+                        help="chain propagation: the same gate after every step of the chain, so that the label "
+                             "shrinks with the organ (for large organs of even intensity such as the liver; it "
+                             "costs thin or drifting structures such as the heart's; default: 0, off)")
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes (default: %(default)s)")
     add_inference_options(parser, batch_unit="pairs/slices")
     add_backend_option(parser)
@@ -86,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     settings = PseudolabelSettings(
         mode=args.mode, propagation=args.propagation, source_slices=args.source_slices,
         batch_size=args.batch_size, device=args.device, verify=None if args.no_verify else args.verify,
-        refine=args.refine, backend=args.backend, gate=args.gate,
+        refine=args.refine, backend=args.backend, gate=args.gate, step_gate=args.step_gate,
     )
     if args.merge:
         summary = merge_pseudolabels(args.run, args.dataset, args.out, settings=settings, progress=not args.no_progress)

@@ -13,7 +13,14 @@ Each source's label, one-hot encoded with "unknown" as an extra channel, is warp
   (fixed), or
 * ``chain``: through the neighbours, ``s_j → s_j ± 1 → … → t``, composing one warp per adjacent
   slice pair (``P_{s+1} = P_s ∘ φ_{s→s+1}``); chains start at every annotated slice and stop at
-  the next one, so ``chain`` always uses the nearest annotated slice on each side.
+  the next one, so ``chain`` always uses the nearest annotated slice on each side. With a
+  ``step_gate`` ``q``, every step is verified before the next: the propagated pixels of a class
+  whose intensity lies outside the ``q`` .. ``100 − q`` percentiles of its annotated voxels, and
+  the specks a 3 × 3 opening removes, go to background (holes filled again,
+  :func:`jointreg.inference.verify.kept_by_appearance`), so what a step removed is not carried
+  on. Registration keeps an organ's area (a smooth field does not make tissue vanish); the
+  gate at every step lets the label shrink where the organ does and vanish where it ends
+  (Sli2Vol's verification inside the chain).
 
 The warped maps ``R_j`` (classes) and ``u_j`` (the unknown channel) are averaged with the
 distance weights ``w_j = exp(-d_j / r)``, ``r`` = the pairing radius the registration network
@@ -258,14 +265,20 @@ def propagate_chain(
     batch_size: int = 16,
     device: torch.device | None = None,
     refinement: Refinement | None = None,
+    step_gate: float = 0.0,
 ) -> RegistrationEstimate:
     """Propagate each annotated slice slice-by-slice until the next annotated one (see the module docstring).
 
     Every adjacent pair is registered once per direction (batched), then the warps are applied
     in sequence; a target receives the chains of the nearest annotated slice on each side.
+
+    Args:
+        step_gate: the percentile ``q`` of the gate applied after every step (0: none); the
+            ranges come from ``images`` and ``labels`` on the annotated slices.
     """
     import torch
 
+    from jointreg.inference.verify import appearance_ranges
     from jointreg.spatial.warp import warp_onehot
 
     with torch.no_grad():
@@ -301,6 +314,7 @@ def propagate_chain(
             for i, pair in enumerate(chunk):
                 flows[pair] = flow[i:i + 1]
         net.train(was_training)
+        ranges = appearance_ranges(images, labels, marks, range(1, k), step_gate)
         numerator = torch.zeros((len(targets), k, h, w), device=device)
         known = torch.zeros((len(targets), h, w), device=device)
         sources: list[list[Source]] = [[] for _ in targets]
@@ -308,6 +322,8 @@ def propagate_chain(
             current = _onehot(labels[[a]], k, ignore_index, device)
             for s in path:
                 current = warp_onehot(current, flows[(s - step, s)])
+                if ranges:
+                    current = _gate_step(current, images[s], ranges)
                 weight = distance_weight(abs(s - a), radius)
                 i = position[s]
                 numerator[i] += weight * current[0, :k]
@@ -316,6 +332,31 @@ def propagate_chain(
         for entry in sources:
             entry.sort(key=lambda src: (src.distance, src.slice))
         return RegistrationEstimate(list(targets), numerator, known, sources)
+
+
+def _gate_step(current: torch.Tensor, image: np.ndarray, ranges: dict[int, tuple[float, float]]) -> torch.Tensor:
+    """One chain step's propagated one-hot ``(1, K + 1, H, W)`` (last channel: unknown) with the
+    pixels of each class that the appearance gate does not keep moved to background."""
+    import torch
+
+    from jointreg.inference.verify import kept_by_appearance
+
+    k = current.shape[1] - 1
+    label = current[0, :k].argmax(0)
+    label = torch.where(current[0, k] > 0.5, k, label).cpu().numpy()  # unknown pixels belong to no class
+    out = current
+    for c, (low, high) in ranges.items():
+        region = label == c
+        if not region.any():
+            continue
+        drop = region & ~kept_by_appearance(region, image, low, high)
+        if drop.any():
+            if out is current:
+                out = current.clone()
+            mask = torch.from_numpy(drop).to(current.device)
+            out[0, 0] = torch.where(mask, out[0, 0] + out[0, c], out[0, 0])
+            out[0, c] = torch.where(mask, torch.zeros_like(out[0, c]), out[0, c])
+    return out
 
 
 def foreground_agreement(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:

@@ -23,6 +23,7 @@ import numpy as np
 
 DEFAULT_THRESHOLD = 0.6
 DEFAULT_PERCENTILES = (5.0, 95.0)
+_SQUARE = np.ones((3, 3), bool)
 
 
 def stop_at_appearance_change(
@@ -106,28 +107,46 @@ def gate_by_appearance(
     Returns:
         New labels; removed pixels are background (0).
     """
-    if not 0.0 <= percentile < 50.0:
-        raise ValueError(f"percentile must be in [0, 50); got {percentile}")
     out = np.array(labels, copy=True)
-    if percentile == 0.0:
-        return out
-    from scipy import ndimage
-
-    marks = sorted(int(a) for a in annotated)
-    square = np.ones((3, 3), bool)
-    for c in classes:
-        reference = np.concatenate([images[a][labels[a] == c] for a in marks]) if marks else np.empty(0)
-        if reference.size == 0:
-            continue
-        low, high = np.percentile(reference, [percentile, 100.0 - percentile])
+    ranges = appearance_ranges(images, labels, annotated, classes, percentile)
+    for c, (low, high) in ranges.items():
         for s in range(labels.shape[0]):
             region = (out[s] == c) & propagated[s]
-            if not region.any():
-                continue
-            kept = ndimage.binary_opening(region & (images[s] >= low) & (images[s] <= high), square)
-            kept = ndimage.binary_fill_holes(kept) & region
-            out[s][region & ~kept] = 0
+            if region.any():
+                out[s][region & ~kept_by_appearance(region, images[s], low, high)] = 0
     return out
+
+
+def appearance_ranges(
+    images: np.ndarray, labels: np.ndarray, annotated: Sequence[int], classes: Iterable[int], percentile: float,
+) -> dict[int, tuple[float, float]]:
+    """Per class, the ``percentile`` .. ``100 − percentile`` intensities of its voxels on the
+    annotated slices (classes without an annotated voxel are left out; ``percentile`` 0: none).
+
+    Raises:
+        ValueError: ``percentile`` outside ``[0, 50)``.
+    """
+    if not 0.0 <= percentile < 50.0:
+        raise ValueError(f"percentile must be in [0, 50); got {percentile}")
+    if percentile == 0.0:
+        return {}
+    marks = sorted(int(a) for a in annotated)
+    ranges = {}
+    for c in classes:
+        reference = np.concatenate([images[a][labels[a] == c] for a in marks]) if marks else np.empty(0)
+        if reference.size:
+            low, high = np.percentile(reference, [percentile, 100.0 - percentile])
+            ranges[int(c)] = (float(low), float(high))
+    return ranges
+
+
+def kept_by_appearance(region: np.ndarray, image: np.ndarray, low: float, high: float) -> np.ndarray:
+    """The part of one slice's ``region`` (bool ``(H, W)``) that the gate keeps: its pixels with an
+    intensity in ``[low, high]``, opened by a 3 × 3 square, holes filled again within ``region``."""
+    from scipy import ndimage
+
+    kept = ndimage.binary_opening(region & (image >= low) & (image <= high), _SQUARE)
+    return ndimage.binary_fill_holes(kept) & region
 
 
 def check_propagated(

@@ -204,6 +204,9 @@ class PropagationConfig:
             pixels of a structure whose intensity lies outside the ``q`` .. ``100 − q``
             percentiles of its annotated voxels become background
             (:func:`jointreg.inference.verify.gate_by_appearance`, as ``pseudolabel --gate``). 0: off.
+        step_gate: with ``method: chain``, the same gate applied after every step of the chain,
+            before the next (``pseudolabel --step-gate``): the propagated label shrinks where the
+            organ does and ends where it ends. 0: off.
         refine: with ``method: chain``, Adam steps of instance optimisation of every adjacent
             pair's field before the labels are composed (:mod:`jointreg.inference.refine`);
             0: the network's fields as they are.
@@ -241,6 +244,7 @@ class PropagationConfig:
     method: Literal["direct", "chain"] = "direct"
     verify: float | None = None
     gate: float = 0.0
+    step_gate: float = 0.0
     refine: int = 0
     radius: int | None = None
     trust: tuple[Literal["distance", "residual", "agreement"], ...] = ("distance",)
@@ -264,6 +268,10 @@ class PropagationConfig:
             raise ConfigError(f"propagation.gate: must be a percentile in [0, 50), got {self.gate}")
         if self.gate and self.method != "chain":
             raise ConfigError("propagation.gate: needs propagation.method: chain")
+        if not 0.0 <= self.step_gate < 50.0:
+            raise ConfigError(f"propagation.step_gate: must be a percentile in [0, 50), got {self.step_gate}")
+        if self.step_gate and self.method != "chain":
+            raise ConfigError("propagation.step_gate: needs propagation.method: chain")
         if self.refine < 0:
             raise ConfigError(f"propagation.refine: must be >= 0 steps, got {self.refine}")
         if self.refine and self.method != "chain":

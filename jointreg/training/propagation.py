@@ -249,6 +249,7 @@ class SegmentationGroups:
         self.chain = propagation.method == "chain"
         self.verify = propagation.verify
         self.gate = propagation.gate
+        self.step_gate = propagation.step_gate
         self.refine = propagation.refine
         self._chain_labels: dict[tuple[int, int], torch.Tensor] = {}
         self._chain_distance: dict[tuple[int, int], float] = {}
@@ -273,7 +274,8 @@ class SegmentationGroups:
                 continue
             estimate = propagate_chain(net, volume.images, volume.labels, targets, annotated,
                                        num_classes=self.num_classes, ignore_index=self.ignore_index,
-                                       radius=self.radius, device=self.device, refinement=refinement)
+                                       radius=self.radius, device=self.device, refinement=refinement,
+                                       step_gate=self.step_gate)
             probs, covered = estimate.probabilities()
             labels = torch.where(covered, probs.argmax(1), torch.full_like(covered, self.ignore_index, dtype=torch.int64))
             if self.verify is not None or self.gate:

@@ -77,6 +77,10 @@ def test_bad_options(trained_run, tmp_path, capsys):
     assert _error_line(capsys) == "jointreg pseudolabel: error: workers must be an integer >= 1, got 0"
     assert main(base + ["--source-slices", "0"]) == 2
     assert "source-slices must be an integer >= 1" in _error_line(capsys)
+    assert main(base + ["--mode", "registration", "--step-gate", "60"]) == 2
+    assert _error_line(capsys) == "jointreg pseudolabel: error: step-gate must be a percentile in [0, 50), got 60.0"
+    assert main(base + ["--mode", "registration", "--propagation", "direct", "--step-gate", "1"]) == 2
+    assert "needs --propagation chain" in _error_line(capsys)
 
 
 def test_sharded_jobs_then_merge(trained_run, tmp_path, capsys, monkeypatch):

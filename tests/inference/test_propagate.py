@@ -206,3 +206,54 @@ def test_fuse_without_sources_or_segmentor():
         fuse("fusion", est, None, num_classes=k)
     with pytest.raises(ValueError, match="unknown mode"):
         fuse("vote", est, None, num_classes=k)
+
+
+def _shrinking_organ(num_slices=6, size=12):
+    """An organ (intensity 1.0) on background (0.2) whose square shrinks by one pixel per side per
+    slice and ends at slice 4; slice 5 holds organ-like tissue inside the organ's old footprint.
+    Slice 0 is annotated. Returns images, sparse labels (ignore = 2) and the true labels."""
+    images = np.full((num_slices, size, size), 0.2, np.float32)
+    truth = np.zeros((num_slices, size, size), np.int64)
+    for s, half in enumerate((4, 3, 2, 1, 0, 0)):
+        if half > 0:
+            lo, hi = 6 - half - (half == 1), 6 + half  # sides 8, 6, 4, then 3 (a 3 × 3 square survives the opening)
+            truth[s, lo:hi, lo:hi] = 1
+    images[truth == 1] = 1.0
+    images[5, 2:6, 2:6] = 1.0  # not the organ: the organ ended on slice 4
+    labels = np.full(truth.shape, 2, np.int64)
+    labels[0] = truth[0]
+    return images, labels, truth
+
+
+def test_the_step_gate_lets_a_chain_shrink_and_end_with_the_organ():
+    from jointreg.inference.verify import gate_by_appearance
+
+    images, labels, truth = _shrinking_organ()
+    targets = [1, 2, 3, 4, 5]
+    common = dict(num_classes=2, ignore_index=2, device=CPU)
+    plain = propagate_chain(ConstantFlow(), images, labels, targets, [0], **common).probabilities()[0].argmax(1).numpy()
+    gated = propagate_chain(ConstantFlow(), images, labels, targets, [0], step_gate=1.0, **common)
+    gated = gated.probabilities()[0].argmax(1).numpy()
+    # A zero field keeps the organ's area: every slice gets the annotated 8 × 8 square.
+    assert all(np.array_equal(plain[i], truth[0]) for i in range(len(targets)))
+    # Gated at every step, the label follows the organ down to its end and does not come back.
+    assert np.array_equal(gated, truth[targets])
+    # Gating after the chain instead keeps the organ-like tissue inside the old footprint.
+    stack = np.concatenate([labels[:1], plain])
+    after = gate_by_appearance(stack, images, [0], [1], propagated=np.arange(6)[:, None, None] > 0, percentile=1.0)
+    assert np.array_equal(after[5] == 1, images[5] == 1.0) and after[5].sum() == 16
+    # Probabilities still sum to one where the step gate moved a class to background.
+    probs, covered = propagate_chain(ConstantFlow(), images, labels, targets, [0], step_gate=1.0, **common).probabilities()
+    assert covered.all() and torch.allclose(probs.sum(1), torch.ones(probs.shape[0], 12, 12))
+
+
+def test_the_step_gate_changes_nothing_where_every_pixel_looks_annotated():
+    images = np.full((4, 10, 10), 0.5, np.float32)  # one intensity everywhere: every pixel is within range
+    labels = np.full((4, 10, 10), 2, np.int64)
+    labels[0] = 0
+    labels[0, 2:6, 2:6] = 1
+    common = dict(num_classes=2, ignore_index=2, device=CPU)
+    plain = propagate_chain(ConstantFlow((-1.0, 0.0)), images, labels, [1, 2, 3], [0], **common)
+    gated = propagate_chain(ConstantFlow((-1.0, 0.0)), images, labels, [1, 2, 3], [0], step_gate=5.0, **common)
+    assert torch.equal(plain.numerator, gated.numerator) and torch.equal(plain.known, gated.known)
+    assert gated.probabilities()[0][2].argmax(0)[5:9, 2:6].eq(1).all()  # moved three rows, whole

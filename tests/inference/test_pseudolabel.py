@@ -288,3 +288,16 @@ def test_the_gate_is_a_percentile():
         PseudolabelSettings(mode="registration", gate=50)
     with pytest.raises(ConfigError, match="gate"):
         PseudolabelSettings(mode="registration", gate=-1)
+
+
+def test_the_step_gate_is_a_percentile_of_chain_propagation():
+    settings = PseudolabelSettings(mode="registration", step_gate=2.0)
+    assert settings.result_settings()["step_gate"] == 2.0
+    assert "step_gate" not in PseudolabelSettings(mode="registration").result_settings()  # 0: as before
+    for bad in (50.0, -1.0, True):
+        with pytest.raises(ConfigError, match="step-gate must be a percentile"):
+            PseudolabelSettings(mode="registration", step_gate=bad)
+    with pytest.raises(ConfigError, match="needs --propagation chain"):
+        PseudolabelSettings(mode="registration", propagation="direct", step_gate=1.0)
+    with pytest.raises(ConfigError, match="needs --propagation chain"):
+        PseudolabelSettings(mode="segmentor", step_gate=1.0)

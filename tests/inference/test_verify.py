@@ -76,3 +76,32 @@ def test_the_gate_shrinks_a_propagated_region_to_the_tissue_that_looks_annotated
     assert np.array_equal(out, labels)
     with pytest.raises(ValueError, match="percentile"):
         gate_by_appearance(labels, images, [0], [1], propagated=propagated, percentile=50.0)
+
+
+def test_appearance_ranges_are_the_annotated_percentiles_of_each_class():
+    from jointreg.inference.verify import appearance_ranges
+
+    images = np.zeros((3, 11, 11), np.float32)
+    images[0] = np.arange(121, dtype=np.float32).reshape(11, 11)
+    labels = np.full((3, 11, 11), 3)
+    labels[0] = 0
+    labels[0, :, :] = np.where(images[0] <= 100, 1, 0)  # class 1: intensities 0..100
+    ranges = appearance_ranges(images, labels, [0], [1, 2], 1.0)
+    assert ranges == {1: pytest.approx((1.0, 99.0))}  # class 2 has no annotated voxel: no range
+    assert appearance_ranges(images, labels, [0], [1], 0.0) == {}
+    with pytest.raises(ValueError, match="percentile"):
+        appearance_ranges(images, labels, [0], [1], 50.0)
+
+
+def test_kept_by_appearance_opens_and_fills_within_the_region():
+    from jointreg.inference.verify import kept_by_appearance
+
+    image = np.zeros((9, 9), np.float32)
+    region = np.zeros((9, 9), bool)
+    region[1:8, 1:8] = True
+    image[1:8, 1:8] = 1.0
+    image[4, 4] = 5.0  # an enclosed vessel: out of range, but inside the structure
+    image[1, 7] = 0.0  # a corner that does not look like it: removed
+    kept = kept_by_appearance(region, image, 0.5, 1.5)
+    assert kept[4, 4] and not kept[1, 7] and kept.sum() == 48
+    assert not kept[~region].any()
