@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from jointreg.errors import ConfigError, InputError
+from jointreg.inference.refine import REFINE_SMOOTHNESS
 from jointreg.training.config_checks import _non_negative, _positive, check_network_arguments
 from jointreg.training.config_volumes import VolumesConfig, check_volume_mode
 from jointreg.training.recipe_migration import move_propagation_keys
@@ -210,6 +211,8 @@ class PropagationConfig:
         refine: with ``method: chain``, Adam steps of instance optimisation of every adjacent
             pair's field before the labels are composed (:mod:`jointreg.inference.refine`);
             0: the network's fields as they are.
+        refine_smoothness: the refinement's diffusion weight ``λ`` (``pseudolabel
+            --refine-smoothness``; default 0.001, results/ms_cmr_cv.md part i).
         radius: slice radius of the propagated pairs (default: ``pairs.radius``); the warped
             group always uses ``pairs.radius``.
         trust: which criteria decide how much a propagated label is trusted (any combination):
@@ -246,6 +249,7 @@ class PropagationConfig:
     gate: float = 0.0
     step_gate: float = 0.0
     refine: int = 0
+    refine_smoothness: float = REFINE_SMOOTHNESS
     radius: int | None = None
     trust: tuple[Literal["distance", "residual", "agreement"], ...] = ("distance",)
     trust_decay: float = 0.15
@@ -276,6 +280,8 @@ class PropagationConfig:
             raise ConfigError(f"propagation.refine: must be >= 0 steps, got {self.refine}")
         if self.refine and self.method != "chain":
             raise ConfigError("propagation.refine: needs propagation.method: chain")
+        if not 0.0 <= self.refine_smoothness < float("inf"):
+            raise ConfigError(f"propagation.refine_smoothness: must be a weight >= 0, got {self.refine_smoothness}")
         if self.background_margin is not None and self.background_margin < 0:
             raise ConfigError("propagation.background_margin: must be >= 0")
         if self.appearance_percentiles is not None:

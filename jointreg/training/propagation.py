@@ -250,7 +250,7 @@ class SegmentationGroups:
         self.verify = propagation.verify
         self.gate = propagation.gate
         self.step_gate = propagation.step_gate
-        self.refine = propagation.refine
+        self.refinement_settings = (propagation.refine, propagation.refine_smoothness)
         self._chain_labels: dict[tuple[int, int], torch.Tensor] = {}
         self._chain_distance: dict[tuple[int, int], float] = {}
         self._chain_version: int | None = None
@@ -265,7 +265,8 @@ class SegmentationGroups:
         from jointreg.inference.propagate import propagate_chain
         from jointreg.inference.refine import Refinement
 
-        refinement = Refinement(steps=self.refine)
+        steps, smoothness = self.refinement_settings
+        refinement = Refinement(steps=steps, smoothness=smoothness)
         self._chain_labels, self._chain_distance = {}, {}
         for v, volume in enumerate(self.volumes):
             annotated = labelled_slices(volume)

@@ -81,6 +81,10 @@ def test_bad_options(trained_run, tmp_path, capsys):
     assert _error_line(capsys) == "jointreg pseudolabel: error: step-gate must be a percentile in [0, 50), got 60.0"
     assert main(base + ["--mode", "registration", "--propagation", "direct", "--step-gate", "1"]) == 2
     assert "needs --propagation chain" in _error_line(capsys)
+    assert main(base + ["--mode", "registration", "--refine-smoothness", "-1"]) == 2
+    assert _error_line(capsys) == "jointreg pseudolabel: error: refine-smoothness must be a weight >= 0, got -1.0"
+    assert main(base + ["--mode", "registration", "--refine", "0", "--refine-smoothness", "0.01"]) == 2
+    assert "needs --refine STEPS > 0" in _error_line(capsys)
 
 
 def test_sharded_jobs_then_merge(trained_run, tmp_path, capsys, monkeypatch):

@@ -301,3 +301,22 @@ def test_the_step_gate_is_a_percentile_of_chain_propagation():
         PseudolabelSettings(mode="registration", propagation="direct", step_gate=1.0)
     with pytest.raises(ConfigError, match="needs --propagation chain"):
         PseudolabelSettings(mode="segmentor", step_gate=1.0)
+
+
+def test_the_refinement_smoothness_reaches_the_refinement_and_the_recorded_settings():
+    from jointreg.inference.refine import REFINE_SMOOTHNESS, Refinement
+
+    default = PseudolabelSettings(mode="registration")
+    assert default.refinement() == Refinement(steps=100, smoothness=REFINE_SMOOTHNESS)
+    assert "refine_smoothness" not in default.result_settings()  # the default: as before
+    assert "refine_smoothness" not in PseudolabelSettings(mode="registration", refine_smoothness=REFINE_SMOOTHNESS).result_settings()
+    heart = PseudolabelSettings(mode="registration", refine_smoothness=0.01)
+    assert heart.refinement() == Refinement(steps=100, smoothness=0.01)
+    assert heart.result_settings()["refine_smoothness"] == 0.01
+    for bad in (-0.1, float("nan"), float("inf"), True):
+        with pytest.raises(ConfigError, match="refine-smoothness must be a weight >= 0"):
+            PseudolabelSettings(mode="registration", refine_smoothness=bad)
+    with pytest.raises(ConfigError, match="needs --refine STEPS > 0"):
+        PseudolabelSettings(mode="registration", refine=0, refine_smoothness=0.01)
+    with pytest.raises(ConfigError, match="needs --refine STEPS > 0"):
+        PseudolabelSettings(mode="fusion", refine_smoothness=0.01)  # fusion refines nothing by default

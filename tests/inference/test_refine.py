@@ -116,3 +116,15 @@ def test_refinement_gradients_equal_the_spatial_transformer_inside_the_image():
     inside = (torch.arange(32)[:, None] + flow[0, 0]).gt(0.5) & (torch.arange(32)[:, None] + flow[0, 0]).lt(30.5) \
         & (torch.arange(32)[None, :] + flow[0, 1]).gt(0.5) & (torch.arange(32)[None, :] + flow[0, 1]).lt(30.5)
     torch.testing.assert_close(grads[0][0][:, inside], grads[1][0][:, inside], atol=1e-5, rtol=1e-4)
+
+
+def test_a_larger_smoothness_weight_gives_a_smoother_field():
+    # The blob moved 2 px: MSE alone bends the field around the blob's edge; a heavy diffusion
+    # weight keeps it close to one translation over the whole grid.
+    from jointreg.losses.regularization import diffusion
+
+    moving, fixed = _blob(2.0), _blob(0.0)
+    rough = refine_flow(moving, fixed, torch.zeros(1, 2, 32, 32), Refinement(steps=100, smoothness=0.0))
+    smooth = refine_flow(moving, fixed, torch.zeros(1, 2, 32, 32), Refinement(steps=100, smoothness=1.0))
+    assert diffusion(smooth).item() < 0.2 * diffusion(rough).item()
+    assert smooth[0, 0, 16, 16].item() > 0.5  # still moves towards the blob

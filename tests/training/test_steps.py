@@ -375,6 +375,24 @@ def test_step_gated_chain_labels_come_closer_to_the_truth_than_gating_after_the_
         PropagationConfig(step_gate=1.0)
 
 
+def test_the_chain_refinement_uses_the_recipes_smoothness(volumes, monkeypatch):
+    import jointreg.inference.refine as refine
+    from jointreg.nets.registration import create_registration_net
+    from jointreg.training.propagation import SegmentationGroups
+
+    seen = []
+    monkeypatch.setattr(refine, "refine_flow", lambda moving, fixed, flow, refinement, **_: seen.append(refinement) or flow)
+    groups = SegmentationGroups(volumes, pairs=PairConfig(radius=3),
+                                propagation=PropagationConfig(method="chain", trust=(), refine=7, refine_smoothness=0.02),
+                                warped_weight=0.0, propagated_weight=1.0, num_classes=5, ignore_index=5,
+                                device=torch.device("cpu"))
+    groups.refresh(create_registration_net("identity"), version=0)
+    assert seen and {(r.steps, r.smoothness) for r in seen} == {(7, 0.02)}
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(Exception, match="propagation.refine_smoothness"):
+            PropagationConfig(method="chain", refine=1, refine_smoothness=bad)
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_weights_finite_finds_one_bad_weight_anywhere(bad):
     from jointreg.training.steps import weights_finite
