@@ -18,6 +18,14 @@ Pairs are registered on the training grid of the jointreg recipe (``--size``, de
 displacement is resampled to the source grid and applied to the label there, and the 3D labels
 are scored at the source resolution with `jointreg evaluate`'s metrics against the full labels.
 
+With ``--run RUN`` the same demons also run *inside* jointreg's own `pseudolabel --mode
+registration` (the run's slicing, normalisation and grid, the chain, the check, the gate and, with
+``--step-gates``, the gate at every step; refinement off: demons is the optimiser): the network's
+interface (``net(moving, fixed).flow``) is served by demons, nothing else changes, so the
+variants ``pipeline_step{Q}`` compare with FMIRNet's registration-only labels setting for
+setting. Any finished run of the recipe serves (its registration is replaced; an identity run
+needs no registration training).
+
 Input: sparse fold datasets as written by `jointreg study` with a ``folds:`` section
 (``FOLD/labelsTr`` sparse, ``FOLD/labelsTr_full`` full, ``FOLD/sparsify.json``). Optional
 ``--compare NAME=REPORT`` adds paired Wilcoxon tests against other per-case reports (per_case.csv
@@ -27,6 +35,9 @@ Usage (SimpleITK is an optional dependency: pip install "jointreg[peers]"):
   .venv/bin/python benchmarks/demons_propagation.py \\
       --folds runs/study_chaos_t2_liver/folds/fold0 runs/study_chaos_t2_liver/folds/fold1 \\
       --classes liver --out runs/demons_chaos --write results/demons_chaos_t2
+  # demons inside pseudolabel, without and with the gate at every step:
+  .venv/bin/python benchmarks/demons_propagation.py --folds ... --classes liver --out runs/demons_chaos \
+      --run runs/study_chaos_t2_liver/iunet-refine_seed0_fold0 --step-gates 0 2
 Prints JSON (per variant: pooled Dice / HD95 over the cases, seconds per pair, paired tests).
 """
 
@@ -130,13 +141,77 @@ def propagate(image: np.ndarray, label: np.ndarray, annotated: list[int], method
     return out
 
 
+def demons_network(demons: Demons):
+    """``demons`` behind a registration network's interface: ``net(moving, fixed).flow``
+    ``(B, 2, H, W)`` in pixels, one demons registration per pair (on the inputs' own grid)."""
+    import torch
+
+    from jointreg.nets.registration.output import RegistrationOutput
+    from jointreg.spatial.warp import warp
+
+    class DemonsRegistration(torch.nn.Module):
+        def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> RegistrationOutput:
+            flows = [torch.from_numpy(demons.displacement(m[0].float().cpu().numpy(), f[0].float().cpu().numpy()))
+                     for m, f in zip(moving, fixed)]
+            flow = torch.stack(flows).to(moving.device)
+            return RegistrationOutput(warped=warp(moving, flow), flow=flow)
+
+    return DemonsRegistration()
+
+
+def run_pipeline(run_dir: Path, folds: list[Path], classes: list[str], out: Path, iterations: int,
+                 step_gates: list[float]) -> dict:
+    """Label every fold's training cases with `pseudolabel --mode registration` (its defaults,
+    refinement off) and demons as the registration; one output folder of labels per step gate."""
+    import jointreg.inference.onnx_runtime as backends
+    from jointreg.inference.pseudolabel import pseudolabel_dataset
+    from jointreg.inference.pseudolabel_case import PseudolabelSettings
+    from jointreg.training.config import load_recipe
+
+    size = load_recipe(run_dir / "recipe.yaml").data.size
+    if len(set(size)) != 1:
+        sys.exit(f"{run_dir / 'recipe.yaml'}: demons runs on a square grid, got data.size {list(size)}")
+    demons = Demons(int(size[0]), iterations)
+    network = demons_network(demons)
+    original = backends.registration_backend
+    backends.registration_backend = lambda net, backend: network
+    variants: dict[str, list[tuple[Path, Path]]] = {}
+    timing: dict[str, tuple[int, float]] = {}
+    try:
+        for q in step_gates:
+            name = f"pipeline_step{q:g}"
+            pairs, seconds = demons.pairs, demons.seconds
+            for fold in folds:
+                target = out / name / fold.name
+                settings = PseudolabelSettings(mode="registration", refine=0, step_gate=q)
+                pseudolabel_dataset(run_dir, fold, target, settings=settings, workers=1, progress=False)
+                variants.setdefault(name, []).append((target / "labelsTr", fold))
+            timing[name] = (demons.pairs - pairs, demons.seconds - seconds)
+    finally:
+        backends.registration_backend = original
+    return {name: {"report": str(score(predictions, classes, out / f"report_{name}")),
+                   "pairs": timing[name][0], "seconds_per_pair": timing[name][1] / max(timing[name][0], 1)}
+            for name, predictions in variants.items()}
+
+
+def score(predictions: list[tuple[Path, Path]], classes: list[str], report: Path) -> Path:
+    """Score each ``(labels folder, fold)`` against the fold's full labels (extra cases in a folder
+    are not scored); one report over all of them; its per_case.csv returned."""
+    from jointreg.metrics.folders import evaluate_folders
+    from jointreg.metrics.report import write_report
+
+    rows = []
+    for folder, fold in predictions:
+        rows.extend(evaluate_folders(folder, fold / "labelsTr_full", labels=fold, classes=classes, progress=False).rows)
+    write_report(rows, report, overwrite=True, plots=False)
+    return report / "per_case.csv"
+
+
 def run(folds: list[Path], classes: list[str], out: Path, size: int, iterations: int) -> dict:
     import nibabel as nib
 
     from jointreg.data.dataset import read_spec
     from jointreg.inference.verify import stop_at_appearance_change
-    from jointreg.metrics.folders import evaluate_folders
-    from jointreg.metrics.report import write_report
 
     demons = Demons(size, iterations)
     written: dict[str, list[Path]] = {}
@@ -168,13 +243,8 @@ def run(folds: list[Path], classes: list[str], out: Path, size: int, iterations:
     results: dict = {"size": size, "iterations": iterations, "variants": {}}
     for name in written:
         folder = out / name.replace("+", "_")
-        rows = []
-        for fold in folds:
-            evaluation = evaluate_folders(folder, fold / "labelsTr_full", labels=fold, classes=classes, progress=False)
-            rows.extend(evaluation.rows)
-        report = folder.parent / f"report_{folder.name}"
-        write_report(rows, report, overwrite=True, plots=False)
-        results["variants"][name] = {"report": str(report / "per_case.csv")}
+        csv_path = score([(folder, fold) for fold in folds], classes, folder.parent / f"report_{folder.name}")
+        results["variants"][name] = {"report": str(csv_path)}
     results["seconds_per_pair"] = demons.seconds / max(demons.pairs, 1)
     results["pairs"] = demons.pairs
     return results
@@ -227,13 +297,23 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--compare", nargs="*", default=[], metavar="NAME=CSV[,CSV]",
                         help="per_case.csv reports to test against (paired Wilcoxon over common cases)")
+    parser.add_argument("--run", type=Path,
+                        help="a finished run of the recipe: run demons inside its `pseudolabel --mode registration` "
+                             "instead of the stand-alone variants (--size is then the run's grid)")
+    parser.add_argument("--step-gates", nargs="+", type=float, default=[0.0], metavar="Q",
+                        help="with --run: one variant per `--step-gate Q` (default 0)")
     parser.add_argument("--write", type=Path, help="also write PREFIX.json")
     args = parser.parse_args()
     compare = {}
     for item in args.compare:
         name, _, paths = item.partition("=")
         compare[name] = [Path(p) for p in paths.split(",")]
-    results = summarise(run(args.folds, args.classes, args.out, args.size, args.iterations), args.classes, compare)
+    if args.run is not None:
+        variants = run_pipeline(args.run, args.folds, args.classes, args.out, args.iterations, args.step_gates)
+        raw = {"run": str(args.run), "iterations": args.iterations, "variants": variants}
+    else:
+        raw = run(args.folds, args.classes, args.out, args.size, args.iterations)
+    results = summarise(raw, args.classes, compare)
     text = json.dumps(results, indent=2)
     print(text)
     if args.write:

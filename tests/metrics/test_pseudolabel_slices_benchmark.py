@@ -3,23 +3,11 @@ masks whose answers are counted by hand."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def _script():
-    spec = importlib.util.spec_from_file_location("pseudolabel_slices_bench", REPO / "benchmarks" / "pseudolabel_slices.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_profile_counts_the_slices_the_stop_leaves_out():
-    bench = _script()
+def test_profile_counts_the_slices_the_stop_leaves_out(benchmark_script):
+    bench = benchmark_script("pseudolabel_slices")
     truth = np.zeros((4, 4, 6), bool)
     truth[:2, :2, 0:5] = True        # 4 pixels on slices 0-4
     pseudo = np.zeros_like(truth)
@@ -31,8 +19,8 @@ def test_profile_counts_the_slices_the_stop_leaves_out():
     assert bench.slice_profile(np.zeros_like(truth), truth)["extent"] is None
 
 
-def test_gate_drops_the_pixels_outside_the_annotated_intensities():
-    bench = _script()
+def test_gate_drops_the_pixels_outside_the_annotated_intensities(benchmark_script):
+    bench = benchmark_script("pseudolabel_slices")
     image = np.full((12, 12, 2), 0.5, np.float32)
     image[:, 6:, :] = 0.9            # the right half is not liver-like
     reference = np.zeros(image.shape, bool)
@@ -44,8 +32,8 @@ def test_gate_drops_the_pixels_outside_the_annotated_intensities():
     assert bench.gated(pseudo, image, reference, 0) is pseudo
 
 
-def test_uncertain_ignores_the_dilated_footprint_next_to_each_end_only():
-    bench = _script()
+def test_uncertain_ignores_the_dilated_footprint_next_to_each_end_only(benchmark_script):
+    bench = benchmark_script("pseudolabel_slices")
     label = np.zeros((9, 9, 10), np.uint8)
     label[4, 4, 3:6] = 1             # the structure on slices 3-5
     out = bench.uncertain_beyond_stop(label, 1, 9, radius=1, slices=2)

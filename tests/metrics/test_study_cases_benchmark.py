@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
 HEADER = "case,class,dice,hd,hd95,assd,missed,status,class_id,gt_voxels,pred_voxels\n"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("study_cases_bench", REPO / "benchmarks" / "study_cases.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _pooled(study: Path, method: str, seed: int, dice: dict[str, float]) -> None:
@@ -24,8 +15,8 @@ def _pooled(study: Path, method: str, seed: int, dice: dict[str, float]) -> None
     (folder / "per_case.csv").write_text(HEADER + rows + "c1,spleen,0.1,1,1,1,false,ok,2,5,5\n")
 
 
-def test_collect_then_pair_gives_the_paired_differences(tmp_path, capsys):
-    bench = _script()
+def test_collect_then_pair_gives_the_paired_differences(tmp_path, capsys, benchmark_script):
+    bench = benchmark_script("study_cases")
     out = tmp_path / "cases.json"
     for seed, shift in ((0, 0.0), (1, 0.1)):
         study = tmp_path / f"s{seed}"
@@ -53,16 +44,16 @@ def test_collect_then_pair_gives_the_paired_differences(tmp_path, capsys):
     assert report["cases"] == ["c1", "c2", "c3"]
 
 
-def test_collect_refuses_a_study_without_that_seed(tmp_path, capsys):
-    bench = _script()
+def test_collect_refuses_a_study_without_that_seed(tmp_path, capsys, benchmark_script):
+    bench = benchmark_script("study_cases")
     _pooled(tmp_path, "unet", 0, {"c1": 0.5})
     assert bench.main(["collect", str(tmp_path), "--seed", "3", "--label", "x", "--out", str(tmp_path / "o.json")]) == 2
     assert "no pooled reports of seed 3" in capsys.readouterr().err
     assert not (tmp_path / "o.json").exists()
 
 
-def test_two_studies_collected_under_one_label_keep_both_methods(tmp_path):
-    bench = _script()
+def test_two_studies_collected_under_one_label_keep_both_methods(tmp_path, benchmark_script):
+    bench = benchmark_script("study_cases")
     out = tmp_path / "cases.json"
     _pooled(tmp_path / "a", "runet", 0, {"c1": 0.6})
     _pooled(tmp_path / "b", "iunet", 0, {"c1": 0.5})
@@ -72,8 +63,8 @@ def test_two_studies_collected_under_one_label_keep_both_methods(tmp_path):
         "runet": {"c1": {"dice": 0.6, "hd95": 6.0, "assd": 0.3}}, "iunet": {"c1": {"dice": 0.5, "hd95": 5.0, "assd": 0.25}}}
 
 
-def test_pair_names_a_missing_entry_or_method(tmp_path, capsys):
-    bench = _script()
+def test_pair_names_a_missing_entry_or_method(tmp_path, capsys, benchmark_script):
+    bench = benchmark_script("study_cases")
     out = tmp_path / "cases.json"
     _pooled(tmp_path / "a", "runet", 0, {"c1": 0.6})
     assert bench.main(["collect", str(tmp_path / "a"), "--seed", "0", "--label", "s0", "--out", str(out)]) == 0
@@ -90,8 +81,8 @@ def _run(folder: Path, rows: str) -> Path:
     return folder
 
 
-def test_collect_runs_merges_the_folds_and_averages_the_classes(tmp_path, capsys):
-    bench = _script()
+def test_collect_runs_merges_the_folds_and_averages_the_classes(tmp_path, capsys, benchmark_script):
+    bench = benchmark_script("study_cases")
     out = tmp_path / "cases.json"
     # case a: rv 0.6 / lv 0.8, hd95 4 and undefined (an empty prediction) -> dice 0.7, hd95 4
     fold0 = _run(tmp_path / "f0", "a,rv,0.6,9,4,1,false,ok,1,10,9\na,lv,0.8,9,nan,nan,true,ok,3,10,0\n")
@@ -109,8 +100,8 @@ def test_collect_runs_merges_the_folds_and_averages_the_classes(tmp_path, capsys
     assert set(segmentation) == {"RUNet-chain", "lv-only"} and segmentation["lv-only"]["a"]["dice"] == 0.8
 
 
-def test_collect_runs_refuses_a_run_without_evaluation_or_a_case_twice(tmp_path, capsys):
-    bench = _script()
+def test_collect_runs_refuses_a_run_without_evaluation_or_a_case_twice(tmp_path, capsys, benchmark_script):
+    bench = benchmark_script("study_cases")
     out = tmp_path / "cases.json"
     (tmp_path / "empty").mkdir()
     assert bench.main(["collect-runs", str(tmp_path / "empty"), "--method", "m", "--label", "s",

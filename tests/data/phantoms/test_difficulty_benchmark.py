@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
 
-
-def _benchmark():
-    path = REPO / "benchmarks" / "phantom_difficulty.py"
-    spec = importlib.util.spec_from_file_location("phantom_difficulty_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_copy_label_protocol_known_answer():
-    bench = _benchmark()
+def test_copy_label_protocol_known_answer(benchmark_script):
+    bench = benchmark_script("phantom_difficulty")
     mask = np.zeros((4, 4, 10), bool)
     mask[0:2, 0:2, 2] = True            # area 4
     mask[0:2, 0:3, 3] = True            # area 6: the moving slice
@@ -37,8 +24,8 @@ def test_copy_label_protocol_known_answer():
     assert bench.copy_label_pairs(np.zeros((3, 3, 3), bool)) == []
 
 
-def test_ed_copy_protocol_known_answer():
-    bench = _benchmark()
+def test_ed_copy_protocol_known_answer(benchmark_script):
+    bench = benchmark_script("phantom_difficulty")
     label = np.zeros((4, 4, 3), np.int16)
     label[0:2, 0:2, 0] = 1              # area 4: ED
     label[0:2, 0:1, 1] = 1              # area 2, inside the ED mask
