@@ -339,8 +339,9 @@ def _write_pair_comparisons(study: StudyConfig, reports: dict[str, Path], out: P
 
     text = ""
     for method, reference in study.comparisons:
-        if method not in reports or reference not in reports:
-            text += f"\n{method} vs {reference}: not compared (not every run has finished).\n"
+        missing = [m for m in (method, reference) if m not in reports]
+        if missing:
+            text += f"\n{method} vs {reference}: not compared (no finished run of {' or '.join(missing)} in this study).\n"
             continue
         comparison = compare_reports([reports[reference], reports[method]], names=[reference, method])
         folder = out / "comparison" / f"{slug(method)}_vs_{slug(reference)}"

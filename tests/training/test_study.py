@@ -54,6 +54,19 @@ def test_study_runs_methods_writes_table_and_reuses_finished_runs(tiny_recipe, t
     assert [r["run"] for r in again["runs"]] == [r["run"] for r in result["runs"]]
 
 
+def test_a_comparison_whose_method_has_not_run_names_what_is_missing(tiny_recipe, tmp_path):
+    # `study --only RUNet` leaves IUNet without a run: the page says which side is missing.
+    from jointreg.training.study import _write_pair_comparisons
+
+    path = _write_study(tmp_path, tiny_recipe(), {"IUNet": {}, "RUNet": {}, "UNet": {}},
+                        comparisons=[["RUNet", "IUNet"], ["UNet", "IUNet"]])
+    study, _ = load_study(path)
+    text = _write_pair_comparisons(study, {"RUNet": tmp_path / "report"}, tmp_path / "out")
+    assert "RUNet vs IUNet: not compared (no finished run of IUNet in this study)." in text
+    assert "UNet vs IUNet: not compared (no finished run of UNet or IUNet in this study)." in text
+    assert not (tmp_path / "out").exists()
+
+
 def test_bad_study_files(tiny_recipe, tmp_path):
     path = _write_study(tmp_path, tiny_recipe(), {"A": {"registration.lrr": 1}})
     with pytest.raises(ConfigError, match="method 'A': .*registration.lrr: unknown key"):
