@@ -184,7 +184,8 @@ def run_pipeline(run_dir: Path, folds: list[Path], classes: list[str], out: Path
             for fold in folds:
                 target = out / name / fold.name
                 settings = PseudolabelSettings(mode="registration", refine=0, step_gate=q)
-                pseudolabel_dataset(run_dir, fold, target, settings=settings, workers=1, progress=False)
+                # overwrite: a resumed output would register no pair, and the timing would be empty
+                pseudolabel_dataset(run_dir, fold, target, settings=settings, workers=1, overwrite=True, progress=False)
                 variants.setdefault(name, []).append((target / "labelsTr", fold))
             timing[name] = (demons.pairs - pairs, demons.seconds - seconds)
     finally:
