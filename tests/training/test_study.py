@@ -248,3 +248,26 @@ def test_study_overrides_set_keys_of_a_section_and_keep_its_others():
 
     assert _override_list({"threads": 1, "data": {"size": [48, 48]}, "registration": {"arguments": {"features": [4, 8]}}}) \
         == ["threads=1", "data.size=[48, 48]", "registration.arguments={features: [4, 8]}"]
+
+
+@pytest.mark.parametrize("name", ["study_chaos_t2_liver.yaml", "study_ms_cmr.yaml"])
+def test_the_soft_methods_keep_the_rules_their_stored_figures_were_measured_with(name):
+    # results/*_cases.json pairs new runs with stored ones by method name: "-soft" must stay the
+    # rules before the hard labels (a 3-pixel band ignored, weight 0.5, no gate), RUNet the hard ones.
+    from pathlib import Path
+
+    from jointreg.training.study import plan_runs
+
+    study, base = load_study(Path(__file__).resolve().parents[2] / "recipes" / name)
+    recipes = {r.method: r.recipe for r in plan_runs(study, base) if r.fold in (0, None)}
+    for method in ("RUNet-soft", "IUNet-refine-soft"):
+        rules = recipes[method]
+        assert (rules.propagation.background_margin, rules.propagation.appearance_percentiles,
+                rules.propagation.gate, rules.propagation.step_gate) == (3, (0.1, 99.9), 0.0, 0.0), method
+        assert rules.segmentation.propagated_weight == 0.5, method
+    assert recipes["IUNet-refine-soft"].registration.architecture == "identity"
+    for method in ("RUNet", "IUNet-refine"):
+        assert recipes[method].propagation.background_margin == 0, method
+        assert recipes[method].segmentation.propagated_weight == 1.0, method
+    # the step gate only where it was measured to help: the liver, not the heart
+    assert recipes["RUNet"].propagation.step_gate == (2.0 if "chaos" in name else 0.0)
